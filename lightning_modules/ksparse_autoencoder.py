@@ -1,0 +1,135 @@
+"""``KSparseAutoencoder``: trains the k-sparse autoencoder on images with MSE, tracking dead units."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from common.errors import UserError
+from lightning_modules.components.ksparse import KSparseAE
+from metrics.active_units import ActiveUnits
+
+
+class KSparseAutoencoder(L.LightningModule):
+    """784 → ``n_units`` ReLU + top-``k`` code → linear decoder, MSE per pixel, Adam.
+
+    Batches are ``(images (B, 1, 28, 28) in [0, 1], labels)``; labels are ignored. Logs
+    ``train/loss``, ``val/loss`` (MSE per pixel), ``val/active_units`` (units that fire on at least
+    one validation image) and ``val/dead_fraction``; the same for ``test/``.
+
+    Args:
+        input_dim: pixels per image.
+        n_units: code size.
+        k: units kept per sample (the target k when a k schedule is used).
+        lr: Adam learning rate.
+        unit_norm_decoder: unit-norm decoder atoms, gradient component along each atom removed.
+        tied_init: encoder initialised as the decoder's transpose.
+        pre_bias: subtract a learned pre-bias (initialised to the first batch's mean) before encoding.
+        k_aux: units in the AuxK loss on dead units (0 = off).
+        auxk_coef: weight of the AuxK loss.
+        dead_window: a unit counts as dead for AuxK after this many training samples without firing.
+        k_start: Makhzani & Frey's schedule: start with this k (``None`` = no schedule) ...
+        k_anneal_epochs: ... and lower it linearly to ``k`` over this many epochs.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 784,
+        n_units: int = 1024,
+        k: int = 50,
+        lr: float = 1e-3,
+        unit_norm_decoder: bool = True,
+        tied_init: bool = True,
+        pre_bias: bool = True,
+        k_aux: int = 0,
+        auxk_coef: float = 1 / 32,
+        dead_window: int = 100_000,
+        k_start: int | None = None,
+        k_anneal_epochs: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 < k <= n_units:
+            raise UserError(f"model.k={k} must be between 1 and model.n_units={n_units}; lower k")
+        if k_start is not None and not k <= k_start <= n_units:
+            raise UserError(f"model.k_start={k_start} must be between k={k} and n_units={n_units}")
+        self.save_hyperparameters()
+        self.net = KSparseAE(input_dim, n_units, k, unit_norm_decoder, tied_init, pre_bias)
+        self.register_buffer("bias_initialized", torch.tensor(False))
+        self.register_buffer("samples_since_fired", torch.zeros(n_units, dtype=torch.long))
+        self.val_active = ActiveUnits(n_units)
+        self.test_active = ActiveUnits(n_units)
+
+    def current_k(self) -> int:
+        """k for this epoch: ``k_start`` lowered linearly to ``k`` over ``k_anneal_epochs``, else ``k``."""
+        hp = self.hparams
+        if hp.k_start is None or hp.k_anneal_epochs <= 0 or self._trainer is None:
+            return hp.k
+        done = min(1.0, self.current_epoch / hp.k_anneal_epochs)
+        return round(hp.k_start - (hp.k_start - hp.k) * done)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Sparse codes (B, n_units) of images (B, ...) with ``input_dim`` pixels."""
+        return self.net.encode(images)
+
+    def _check(self, images: Tensor) -> Tensor:
+        x = images.flatten(1)
+        if x.shape[1] != self.hparams.input_dim:
+            raise UserError(f"images have {x.shape[1]} pixels but the model expects "
+                            f"{self.hparams.input_dim}; check data.image_size and data.channels")
+        return x
+
+    def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if self.hparams.pre_bias and not self.bias_initialized:
+            self.net.init_pre_bias(self._check(batch[0]).mean(0))
+            self.bias_initialized.fill_(True)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x = self._check(batch[0])
+        pre, z, recon = self.net(x, k=self.current_k())
+        mse = F.mse_loss(recon, x)
+        loss = mse
+        if self.hparams.k_aux > 0:
+            fired = (z > 0).any(0)
+            self.samples_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+            dead = self.samples_since_fired >= self.hparams.dead_window
+            aux = self.net.auxk_loss(x, pre, recon, dead, self.hparams.k_aux)
+            loss = loss + self.hparams.auxk_coef * aux
+            self.log("train/auxk_loss", aux)
+        self.log("train/loss", mse, prog_bar=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.hparams.unit_norm_decoder:
+            self.net.project_decoder_grad()
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        if self.hparams.unit_norm_decoder:
+            self.net.normalize_decoder()
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, active: ActiveUnits) -> None:
+        x = self._check(batch[0])
+        _, z, recon = self.net(x)
+        active.update(z)
+        self.log(f"{stage}/loss", F.mse_loss(recon, x), prog_bar=stage == "val")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_active)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_active)
+
+    def _log_active(self, stage: str, active: ActiveUnits) -> None:
+        self.log(f"{stage}/active_units", active.compute().float())
+        self.log(f"{stage}/dead_fraction", active.dead_fraction().float())
+        active.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_active("val", self.val_active)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_active("test", self.test_active)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)

@@ -1,0 +1,33 @@
+"""Train one system from YAML: ``python train.py --config configs/<study>/<x>.yaml [--config ...]``.
+
+Fits, then (``run.test_after_fit``) tests the best checkpoint. Every option can be overridden on
+the command line (``--trainer.max_epochs 2``); ``--print_config`` shows the composed config.
+The run folder ``<run.root>/<run.name>/version_N`` gets config.yaml, checkpoints/ and metrics.csv.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from common.cli import StudyCLI, parse_or_fail
+from common.errors import run_cli
+
+
+def main(args: list[str] | None = None) -> StudyCLI:
+    """Parse ``args`` (default: ``sys.argv``), fit, and test on the best checkpoint."""
+    cli = parse_or_fail(lambda: StudyCLI(
+        subclass_mode_model=True, subclass_mode_data=True, run=False, args=args,
+        parser_kwargs={"exit_on_error": False},
+        save_config_kwargs={"overwrite": True},
+    ))
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
+    if cli.config["run"]["test_after_fit"]:
+        checkpoint = trainer.checkpoint_callback
+        has_best = isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if has_best else None)
+    return cli
+
+
+if __name__ == "__main__":
+    run_cli(main)
