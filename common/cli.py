@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -9,7 +10,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from common.errors import UserError
+from common.errors import UserError, find_user_error
 from common.run_options import RunOptions, WandbOptions, build_loggers
 
 
@@ -35,18 +36,46 @@ class StudyCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def parse_or_fail(build: Any) -> Any:
-    """Call ``build()`` (which parses the command line); a config error becomes a one-line ``UserError``.
+def summarize_config_error(text: str) -> str:
+    """Boil jsonargparse's multi-line error down to one line: the key, the reason, the given value."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "invalid arguments"
+    key = re.match(r'Parser key "([^"]+)":?(.*)', lines[0])
+    if not key:
+        return " ".join(lines)
+    reasons, given = [], None
+    for line in lines[1:]:
+        if line.startswith("- "):
+            line = line[2:]
+            if "NoneType" not in line:
+                reasons.append(line)
+        elif line.startswith("Given value:"):
+            given = line.split(":", 1)[1].strip()
+        elif reasons and not line.startswith(("Given value type", "Subtypes", "Errors:")):
+            reasons[-1] += " " + line
+    reasons = reasons or [key.group(2).strip() or lines[1]]
+    message = f"config key '{key.group(1)}': {'; '.join(reasons)}"
+    if given and "NestedArg" not in given and "Namespace" not in given:
+        message += f" (given: {given})"
+    return message
 
-    jsonargparse reports config mistakes (unknown key, wrong type, missing file) as ``ArgumentError``
-    with the usage text; users get only the reason.
+
+def parse_or_fail(build: Any) -> Any:
+    """Call ``build()`` (which parses and instantiates); config mistakes become a one-line ``UserError``.
+
+    jsonargparse reports them (unknown key, wrong type, missing file) as ``ArgumentError`` with the
+    usage text, and wraps errors raised by constructors; users get only the reason.
     """
     try:
         return build()
     except ArgumentError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        reason = " ".join(lines[:3]) if lines else "invalid arguments"
-        raise UserError(f"{reason} (see --help or --print_config)") from None
+        raise UserError(f"{summarize_config_error(str(err))} (see --help or --print_config)") from None
+    except Exception as err:
+        cause = find_user_error(err)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def argv() -> list[str]:

@@ -23,9 +23,24 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def find_user_error(err: BaseException | None) -> UserError | None:
+    """The ``UserError`` that caused ``err`` (following ``__cause__``/``__context__``), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def run_cli(main: Callable[[], object]) -> None:
-    """Call ``main()``; a ``UserError`` anywhere below becomes one line on stderr and exit code 2."""
+    """Call ``main()``; a ``UserError`` anywhere below (even wrapped by a library) becomes one line
+    on stderr and exit code 2."""
     try:
         main()
-    except UserError as err:
-        fail(str(err))
+    except Exception as err:
+        cause = find_user_error(err)
+        if cause is None:
+            raise
+        fail(str(cause))
