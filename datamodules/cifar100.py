@@ -43,6 +43,7 @@ class CIFAR100DataModule(ImageDataModule):
         data_dir: folder holding (or receiving) ``cifar-100-python/``.
         batch_size: samples per batch.
         val_size: images held out of the 50k training images for validation / early stopping.
+        train_subset: train on only this many of the remaining images (seeded choice); ``None`` = all.
         seed: seeds the train/val split and the per-epoch shuffling.
         image_size: side of the images the model sees (224 for ImageNet-pretrained backbones).
         mean: per-channel mean subtracted after scaling to [0, 1].
@@ -60,6 +61,7 @@ class CIFAR100DataModule(ImageDataModule):
         data_dir: str = "data",
         batch_size: int = 128,
         val_size: int = 5000,
+        train_subset: int | None = None,
         seed: int = 0,
         image_size: int | None = 224,
         mean: list[float] | None = list(IMAGENET_MEAN),
@@ -70,7 +72,7 @@ class CIFAR100DataModule(ImageDataModule):
         verify_checksums: bool = True,
     ) -> None:
         transform = BatchTransform(image_size, 3, mean, std, hflip, rotation_degrees)
-        super().__init__(batch_size, val_size, seed, transform)
+        super().__init__(batch_size, val_size, train_subset, seed, transform)
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.download = download

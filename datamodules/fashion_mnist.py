@@ -72,6 +72,7 @@ class FashionMNISTDataModule(ImageDataModule):
         data_dir: folder searched first and written to (unpacked idx files, downloads).
         batch_size: samples per batch.
         val_size: images held out of the 60k training images for validation / early stopping.
+        train_subset: train on only this many of the remaining images (seeded choice); ``None`` = all.
         seed: seeds the train/val split and the per-epoch shuffling.
         image_size: side of the images the model sees (``None`` keeps 28).
         channels: 1 (grey) or 3 (grey repeated, for ImageNet backbones).
@@ -91,6 +92,7 @@ class FashionMNISTDataModule(ImageDataModule):
         data_dir: str = "data",
         batch_size: int = 256,
         val_size: int = 5000,
+        train_subset: int | None = None,
         seed: int = 0,
         image_size: int | None = None,
         channels: int = 1,
@@ -104,7 +106,7 @@ class FashionMNISTDataModule(ImageDataModule):
         if channels not in (1, 3):
             raise UserError(f"data.channels must be 1 or 3, got {channels}")
         transform = BatchTransform(image_size, channels, mean, std, hflip, rotation_degrees)
-        super().__init__(batch_size, val_size, seed, transform)
+        super().__init__(batch_size, val_size, train_subset, seed, transform)
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.debian_dir = debian_dir

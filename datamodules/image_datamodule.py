@@ -27,12 +27,14 @@ class ImageDataModule(L.LightningDataModule):
     num_classes: int
     class_names: tuple[str, ...]
 
-    def __init__(self, batch_size: int, val_size: int, seed: int, transform: BatchTransform) -> None:
+    def __init__(self, batch_size: int, val_size: int, train_subset: int | None, seed: int,
+                 transform: BatchTransform) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
         self.val_size = val_size
+        self.train_subset = train_subset
         self.seed = seed
         self.transform = transform
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
@@ -48,7 +50,10 @@ class ImageDataModule(L.LightningDataModule):
         if not 0 <= self.val_size < len(labels):
             raise ValueError(f"val_size must be in [0, {len(labels)}), got {self.val_size}")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = order[: self.val_size].sort().values, order[self.val_size:].sort().values
+        train_idx = order[self.val_size:]
+        if self.train_subset is not None:
+            train_idx = train_idx[: self.train_subset]
+        val_idx, train_idx = order[: self.val_size].sort().values, train_idx.sort().values
         self._splits["train"] = (images[train_idx], labels[train_idx])
         self._splits["val"] = (images[val_idx], labels[val_idx])
         self._splits["test"] = self.load_split_tensors(train=False)
