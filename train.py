@@ -7,6 +7,11 @@ The run folder ``<run.root>/<run.name>/version_N`` gets config.yaml, checkpoints
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Iterator
+
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from common.cli import StudyCLI, parse_or_fail
@@ -21,12 +26,29 @@ def main(args: list[str] | None = None) -> StudyCLI:
         save_config_kwargs={"overwrite": True},
     ))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
+    with removed_if_failed_early(Path(trainer.log_dir)):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
     if cli.config["run"]["test_after_fit"]:
         checkpoint = trainer.checkpoint_callback
         has_best = isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path
         trainer.test(model, datamodule=datamodule, ckpt_path="best" if has_best else None)
     return cli
+
+
+@contextlib.contextmanager
+def removed_if_failed_early(run_dir: Path) -> Iterator[None]:
+    """If the body fails before this new run folder holds a checkpoint, remove the folder.
+
+    A run that dies on bad input (missing data, wrong shapes) leaves nothing behind; a run that dies
+    after checkpointing keeps its folder so ``--ckpt_path last`` can resume it.
+    """
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and run_dir.is_dir() and not any(run_dir.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -53,14 +53,24 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create ``path`` if needed and prove it is writable; a ``UserError`` names the folder if not."""
+def check_writable_dir(path: str | os.PathLike, what: str, create: bool = True) -> Path:
+    """Prove ``path`` is (or can become) a writable folder; a one-line ``UserError`` names it if not.
+
+    With ``create=False`` nothing is written: the nearest existing ancestor is probed instead.
+    """
     from common.errors import UserError
 
     path = Path(path)
+    probe_dir = path
+    if not create:
+        while not probe_dir.exists() and probe_dir != probe_dir.parent:
+            probe_dir = probe_dir.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        elif not probe_dir.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        probe = tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".write-test-", delete=True)
         probe.close()
     except OSError as err:
         raise UserError(

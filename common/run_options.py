@@ -50,7 +50,7 @@ class WandbOptions:
 
 def build_loggers(run: RunOptions, wandb: WandbOptions) -> list[Logger]:
     """CSV logger always (first, so it fixes ``trainer.log_dir``); W&B logger when enabled."""
-    check_writable_dir(run.root, "run.root")
+    check_writable_dir(run.root, "run.root", create=False)
     csv = CSVLogger(save_dir=run.root, name=run.name, version=run.version)
     loggers: list[Logger] = [csv]
     if wandb.enabled:

@@ -1,0 +1,139 @@
+"""train.py end to end: composition, overrides, run folder, W&B on/off, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_script
+
+ROOT = Path(__file__).resolve().parents[1]
+KSAE = str(ROOT / "configs/fashion_mnist/ksae.yaml")
+
+
+def quick_args(root: Path, data_dir: Path, *extra: str) -> list[str]:
+    """A one-epoch k-sparse AE run on 2,000 real Fashion-MNIST training images."""
+    return ["--config", KSAE, "--run.root", str(root), "--trainer.max_epochs", "1",
+            "--data.init_args.data_dir", str(data_dir), "--data.init_args.train_subset", "2000",
+            "--data.init_args.val_size", "1000", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", *extra]
+
+
+def last_metrics(run_dir: Path) -> dict[str, float]:
+    """Merge the rows of metrics.csv into one dict of the last value seen per column."""
+    merged: dict[str, float] = {}
+    with open(run_dir / "metrics.csv") as fh:
+        for row in csv.DictReader(fh):
+            merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return merged
+
+
+def test_fit_and_test_write_one_run_folder(tmp_path, fashion_data_dir, monkeypatch):
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    cli = train.main(quick_args(tmp_path / "runs", fashion_data_dir, "--run.version", "v1"))
+    run_dir = tmp_path / "runs" / "fashion_mnist_ksae" / "v1"
+    assert Path(cli.trainer.log_dir) == run_dir
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 1
+    assert saved["data"]["init_args"]["train_subset"] == 2000
+    assert list((run_dir / "checkpoints").glob("epoch*.ckpt")) and (run_dir / "checkpoints" / "last.ckpt").exists()
+    metrics = last_metrics(run_dir)
+    assert 0 < metrics["test/loss"] < 0.05
+    assert metrics["test/active_units"] > 900
+    assert not (run_dir / "wandb").exists()
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_same_config_twice_gives_same_numbers(tmp_path, fashion_data_dir):
+    import train
+
+    for version in ("a", "b"):
+        train.main(quick_args(tmp_path, fashion_data_dir, "--run.version", version,
+                              "--data.init_args.train_subset", "1000"))
+    a = last_metrics(tmp_path / "fashion_mnist_ksae" / "a")
+    b = last_metrics(tmp_path / "fashion_mnist_ksae" / "b")
+    assert a["test/loss"] == b["test/loss"] and a["val/loss"] == b["val/loss"]
+    c_dir = "c"
+    train.main(quick_args(tmp_path, fashion_data_dir, "--run.version", c_dir, "--seed_everything", "1",
+                          "--data.init_args.train_subset", "1000"))
+    assert last_metrics(tmp_path / "fashion_mnist_ksae" / c_dir)["test/loss"] != a["test/loss"]
+
+
+def test_wandb_fragment_writes_an_offline_run(tmp_path, fashion_data_dir):
+    result = run_script(Path(__file__).parents[1], "train.py",
+                        *quick_args(tmp_path, fashion_data_dir, "--config", str(ROOT / "configs/logger/wandb.yaml"),
+                                    "--run.version", "w", "--data.init_args.train_subset", "500"),
+                        env={"WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = list((tmp_path / "fashion_mnist_ksae" / "w" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), "no offline W&B run file"
+    assert (tmp_path / "fashion_mnist_ksae" / "w" / "metrics.csv").exists(), "CSV log must stay on"
+
+
+def test_training_needs_no_wandb_without_the_fragment(tmp_path, fashion_data_dir, repo_root):
+    code = (f"import sys; sys.path.insert(0, {str(repo_root)!r}); sys.modules['wandb'] = None; import train; "
+            f"train.main({quick_args(tmp_path, fashion_data_dir, '--data.init_args.train_subset', '500')!r})")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(tmp_path.glob("fashion_mnist_ksae/*/metrics.csv"))
+
+
+def test_configs_compose_and_print(repo_root):
+    result = run_script(repo_root, "train.py", "--config", KSAE, "--config", "configs/trainer/cpu.yaml",
+                        "--trainer.max_epochs", "3", "--print_config")
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["trainer"]["max_epochs"] == 3
+    assert printed["trainer"]["accelerator"] == "cpu"
+    assert printed["model"]["init_args"]["k"] == 50
+    assert printed["data"]["init_args"]["seed"] == printed["seed_everything"] == 0
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--model.init_args.bogus", "3"], "Option 'bogus' is not accepted"),
+    (["--trainer.max_epochs", "abc"], "config key 'trainer.max_epochs'"),
+    (["--config", "configs/does_not_exist.yaml"], "does_not_exist.yaml"),
+    (["--data.class_path", "datamodules.nope.NopeDataModule"], "config key 'data'"),
+    (["--model.init_args.k", "5000"], "k=5000 must be between 1"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, repo_root, extra, expected):
+    result = run_script(repo_root, "train.py", "--config", KSAE, "--run.root", str(tmp_path / "runs"), *extra)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-1500:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_dataset_offline_is_one_line_and_writes_nothing(tmp_path, repo_root):
+    result = run_script(repo_root, "train.py", "--config", KSAE, "--run.root", str(tmp_path / "runs"),
+                        "--data.init_args.data_dir", str(tmp_path / "empty"),
+                        "--data.init_args.debian_dir", str(tmp_path / "no_debian"),
+                        "--data.init_args.download", "false")
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "apt-get install dataset-fashion-mnist" in error[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "empty").exists()
+
+
+@pytest.mark.parametrize("key", ["--run.root", "--data.init_args.data_dir"])
+def test_unwritable_folder_is_one_line(tmp_path, repo_root, key):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    args = ["train.py", "--config", KSAE, "--run.root", str(tmp_path / "runs"),
+            "--data.init_args.debian_dir", "/usr/share/datasets/fashion-mnist", key, str(blocker / "sub")]
+    result = run_script(repo_root, *args)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "not writable" in error[0] and str(blocker) in error[0]
+    assert blocker.read_text() == "not a folder"
+    assert not (tmp_path / "runs").exists()
