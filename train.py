@@ -2,7 +2,8 @@
 
 Fits, then (``run.test_after_fit``) tests the best checkpoint. Every option can be overridden on
 the command line (``--trainer.max_epochs 2``); ``--print_config`` shows the composed config.
-The run folder ``<run.root>/<run.name>/version_N`` gets config.yaml, checkpoints/ and metrics.csv.
+The run folder ``<run.root>/<run.name>/<run.version or version_N>`` gets config.yaml, checkpoints/,
+metrics.csv and, once fit and test are done, results.json (the test metrics and best checkpoint).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from common.cli import StudyCLI, parse_or_fail
 from common.errors import run_cli
+from common.io import atomic_write_json
 
 
 def main(args: list[str] | None = None) -> StudyCLI:
@@ -28,10 +30,16 @@ def main(args: list[str] | None = None) -> StudyCLI:
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     with removed_if_failed_early(Path(trainer.log_dir)):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
+    results: dict = {"best_checkpoint": None, "test": None}
+    checkpoint = trainer.checkpoint_callback
+    if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path:
+        results["best_checkpoint"] = checkpoint.best_model_path
     if cli.config["run"]["test_after_fit"]:
-        checkpoint = trainer.checkpoint_callback
-        has_best = isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if has_best else None)
+        tested = trainer.test(model, datamodule=datamodule,
+                              ckpt_path="best" if results["best_checkpoint"] else None)
+        results["test"] = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    if trainer.is_global_zero:
+        atomic_write_json(Path(trainer.log_dir) / "results.json", results)
     return cli
 
 

@@ -10,6 +10,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from callbacks.rng_state import RNGStateInCheckpoint
 from common.errors import UserError, find_user_error
 from common.run_options import RunOptions, WandbOptions, build_loggers
 
@@ -18,8 +19,14 @@ class StudyCLI(LightningCLI):
     """LightningCLI (``run=False``) whose loggers come from the ``run`` and ``wandb`` sections.
 
     ``seed_everything`` also seeds the datamodule (``data.init_args.seed``), so one seed drives the
-    split, the shuffling, initialisation and augmentation.
+    split, the shuffling, initialisation and augmentation. Every trainer also gets
+    ``RNGStateInCheckpoint``, so ``--ckpt_path`` resumes repeat an uninterrupted run exactly.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+        defaults["callbacks"] = [*defaults.get("callbacks", []), RNGStateInCheckpoint()]
+        super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunOptions, "run")
