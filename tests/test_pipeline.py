@@ -1,0 +1,65 @@
+"""Pipeline stages: skip when current, resume after a kill with the same final numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stage_args(root: Path, data_dir: Path, version: str, epochs: int = 3) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / "stage.py"),
+            "--config", str(ROOT / "configs/fashion_mnist/ksae.yaml"), "--run.root", str(root),
+            "--run.version", version, "--trainer.max_epochs", str(epochs),
+            "--data.init_args.data_dir", str(data_dir), "--data.init_args.train_subset", "1500",
+            "--data.init_args.val_size", "500", "--trainer.enable_progress_bar", "false"]
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_stage_needs_a_fixed_run_folder(tmp_path, fashion_data_dir):
+    args = [a for a in stage_args(tmp_path, fashion_data_dir, "x") if a not in ("--run.version", "x")]
+    result = run(args)
+    assert result.returncode == 2 and "set run.version" in result.stderr
+
+
+@pytest.mark.slow
+def test_killed_stage_resumes_to_the_same_numbers(tmp_path, fashion_data_dir):
+    whole = run(stage_args(tmp_path, fashion_data_dir, "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    expected = json.loads((tmp_path / "fashion_mnist_ksae/whole/results.json").read_text())["test"]
+
+    killed_dir = tmp_path / "fashion_mnist_ksae/killed"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(stage_args(tmp_path, fashion_data_dir, "killed"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(killed_dir.glob("checkpoints/epoch00*.ckpt")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # during epoch 3 at the latest: the whole process group dies
+    proc.wait()
+    assert not (killed_dir / "results.json").exists(), "the kill came too late to test anything"
+
+    resumed = run(stage_args(tmp_path, fashion_data_dir, "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    got = json.loads((killed_dir / "results.json").read_text())["test"]
+    assert got == expected
+
+    again = run(stage_args(tmp_path, fashion_data_dir, "killed"))
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+    changed = run(stage_args(tmp_path, fashion_data_dir, "killed", epochs=1))
+    assert changed.returncode == 0 and "config changed" in changed.stdout
+    assert (tmp_path / "fashion_mnist_ksae/killed.stale-1/results.json").exists()
