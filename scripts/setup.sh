@@ -8,16 +8,19 @@ PYTHON="${PYTHON:-python3}"
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r requirements.txt
 
-FASHION_DIR=/usr/share/datasets/fashion-mnist
-if [ ! -f "$FASHION_DIR/train-images-idx3-ubyte.gz" ]; then
+# Debian packages: real Fashion-MNIST (offline) and the headless browser the report tests open.
+MISSING=""
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || MISSING="$MISSING dataset-fashion-mnist"
+command -v chromium >/dev/null 2>&1 || MISSING="$MISSING chromium"
+if [ -n "$MISSING" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    echo "setup: installing Debian's dataset-fashion-mnist (real Fashion-MNIST, offline)"
+    echo "setup: installing Debian packages:$MISSING"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING >/dev/null
   else
-    echo "setup: no apt-get; put the four Fashion-MNIST idx .gz files in data/ or allow the download" >&2
+    echo "setup: no apt-get; install$MISSING by hand (Fashion-MNIST: put the four idx .gz files in data/)" >&2
   fi
 fi
 echo "setup: done ($("$PYTHON" -c 'import torch, lightning; print("torch", torch.__version__, "lightning", lightning.__version__)'))"
