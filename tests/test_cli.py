@@ -94,46 +94,76 @@ def test_configs_compose_and_print(repo_root):
     assert printed["trainer"]["max_epochs"] == 3
     assert printed["trainer"]["accelerator"] == "cpu"
     assert printed["model"]["init_args"]["k"] == 50
-    assert printed["data"]["init_args"]["seed"] == printed["seed_everything"] == 0
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--model.init_args.bogus", "3"], "Option 'bogus' is not accepted"),
-    (["--trainer.max_epochs", "abc"], "config key 'trainer.max_epochs'"),
-    (["--config", "configs/does_not_exist.yaml"], "does_not_exist.yaml"),
-    (["--data.class_path", "datamodules.nope.NopeDataModule"], "config key 'data'"),
-    (["--model.init_args.k", "5000"], "k=5000 must be between 1"),
-])
-def test_bad_config_is_one_line_and_writes_nothing(tmp_path, repo_root, extra, expected):
-    result = run_script(repo_root, "train.py", "--config", KSAE, "--run.root", str(tmp_path / "runs"), *extra)
+def test_seed_everything_seeds_the_datamodule(tmp_path):
+    import train
+    from common.cli import StudyCLI
+
+    cli = StudyCLI(subclass_mode_model=True, subclass_mode_data=True, run=False,
+                   args=["--config", KSAE, "--seed_everything", "7", "--run.root", str(tmp_path)],
+                   parser_kwargs={"exit_on_error": False})
+    assert cli.datamodule.seed == 7
+    assert train.main is not None
+
+
+def run_in_process(args: list[str], capsys) -> tuple[int, str]:
+    """Run train.py's main as its ``__main__`` does; return (exit code, stderr)."""
+    import train
+    from common.errors import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: train.main(args))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def one_error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr[-1500:]
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+def test_bad_config_from_the_real_command_line(tmp_path, repo_root):
+    result = run_script(repo_root, "train.py", "--config", KSAE, "--run.root", str(tmp_path / "runs"),
+                        "--model.init_args.bogus", "3")
     assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0], result.stderr[-1500:]
-    assert "Traceback" not in result.stderr
+    assert "Option 'bogus' is not accepted" in one_error_line(result.stderr)
     assert not (tmp_path / "runs").exists()
 
 
-def test_missing_dataset_offline_is_one_line_and_writes_nothing(tmp_path, repo_root):
-    result = run_script(repo_root, "train.py", "--config", KSAE, "--run.root", str(tmp_path / "runs"),
-                        "--data.init_args.data_dir", str(tmp_path / "empty"),
-                        "--data.init_args.debian_dir", str(tmp_path / "no_debian"),
-                        "--data.init_args.download", "false")
-    assert result.returncode == 2
-    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "apt-get install dataset-fashion-mnist" in error[0]
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize("extra, expected", [
+    (["--trainer.max_epochs", "abc"], "config key 'trainer.max_epochs'"),
+    (["--config", "configs/does_not_exist.yaml"], "does_not_exist.yaml"),
+    (["--data.class_path", "datamodules.nope.NopeDataModule"], "config key 'data'"),
+    (["--model.init_args.k", "5000"], "k=5000"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, capsys, extra, expected):
+    code, stderr = run_in_process(["--config", KSAE, "--run.root", str(tmp_path / "runs"), *extra], capsys)
+    assert code == 2
+    assert expected in one_error_line(stderr)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_dataset_offline_is_one_line_and_writes_nothing(tmp_path, capsys):
+    code, stderr = run_in_process(["--config", KSAE, "--run.root", str(tmp_path / "runs"),
+                                   "--data.init_args.data_dir", str(tmp_path / "empty"),
+                                   "--data.init_args.debian_dir", str(tmp_path / "no_debian"),
+                                   "--data.init_args.download", "false"], capsys)
+    assert code == 2
+    assert "apt-get install dataset-fashion-mnist" in one_error_line(stderr)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize("key", ["--run.root", "--data.init_args.data_dir"])
-def test_unwritable_folder_is_one_line(tmp_path, repo_root, key):
+def test_unwritable_folder_is_one_line(tmp_path, capsys, key):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    args = ["train.py", "--config", KSAE, "--run.root", str(tmp_path / "runs"),
-            "--data.init_args.debian_dir", "/usr/share/datasets/fashion-mnist", key, str(blocker / "sub")]
-    result = run_script(repo_root, *args)
-    assert result.returncode == 2
-    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "not writable" in error[0] and str(blocker) in error[0]
+    code, stderr = run_in_process(["--config", KSAE, "--run.root", str(tmp_path / "runs"),
+                                   "--data.init_args.debian_dir", "/usr/share/datasets/fashion-mnist",
+                                   key, str(blocker / "sub")], capsys)
+    assert code == 2
+    error = one_error_line(stderr)
+    assert "not writable" in error and str(blocker) in error
     assert blocker.read_text() == "not a folder"
     assert not (tmp_path / "runs").exists()
