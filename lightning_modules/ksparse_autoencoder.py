@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from common.errors import UserError
-from lightning_modules.components.ksparse import KSparseAE
+from lightning_modules.components.ksparse import KSparseAE, densify
 from metrics.active_units import ActiveUnits
 
 
@@ -16,22 +19,32 @@ class KSparseAutoencoder(L.LightningModule):
     """784 → ``n_units`` ReLU + top-``k`` code → linear decoder, MSE per pixel, Adam.
 
     Batches are ``(images (B, 1, 28, 28) in [0, 1], labels)``; labels are ignored. Logs
-    ``train/loss``, ``val/loss`` (MSE per pixel), ``val/active_units`` (units that fire on at least
-    one validation image) and ``val/dead_fraction``; the same for ``test/``.
+    ``train/loss`` (MSE per pixel), ``val/loss`` (MSE per pixel pooled over the split, float64),
+    ``val/active_units`` (units that fire on at least one validation image), ``val/dead_fraction``,
+    the same for ``test/``, and ``train/dead_units`` (units AuxK treats as dead).
+
+    The dead-unit cures are options (all off = the plain model of the issue); defaults are the
+    combination the ablation in ``benchmarks/bench_ksae.py`` chose.
 
     Args:
         input_dim: pixels per image.
         n_units: code size.
         k: units kept per sample (the target k when a k schedule is used).
         lr: Adam learning rate.
+        lr_final_fraction: cosine decay of the learning rate over ``trainer.max_epochs`` down to
+            ``lr * lr_final_fraction`` (1.0 = constant learning rate).
         unit_norm_decoder: unit-norm decoder atoms, gradient component along each atom removed.
         tied_init: encoder initialised as the decoder's transpose.
-        pre_bias: subtract a learned pre-bias (initialised to the first batch's mean) before encoding.
+        pre_bias: subtract the decoder bias (tied, initialised to the first batch's mean) before encoding.
         k_aux: units in the AuxK loss on dead units (0 = off).
         auxk_coef: weight of the AuxK loss.
-        dead_window: a unit counts as dead for AuxK after this many training samples without firing.
+        revive_bias_step: raise the encoder bias of every dead unit by this much each step, until it
+            fires again (0 = off); a homeostatic firing floor.
+        dead_window: a unit counts as dead (for AuxK and the bias revival) after this many training
+            samples without firing.
         k_start: Makhzani & Frey's schedule: start with this k (``None`` = no schedule) ...
         k_anneal_epochs: ... and lower it linearly to ``k`` over this many epochs.
+        sparse: train through the sparse kernels (same math as the dense path, faster on CPU).
     """
 
     def __init__(
@@ -40,26 +53,33 @@ class KSparseAutoencoder(L.LightningModule):
         n_units: int = 1024,
         k: int = 50,
         lr: float = 1e-3,
+        lr_final_fraction: float = 1.0,
         unit_norm_decoder: bool = True,
         tied_init: bool = True,
         pre_bias: bool = True,
         k_aux: int = 0,
         auxk_coef: float = 1 / 32,
+        revive_bias_step: float = 0.0,
         dead_window: int = 100_000,
         k_start: int | None = None,
         k_anneal_epochs: int = 0,
+        sparse: bool = True,
     ) -> None:
         super().__init__()
         if not 0 < k <= n_units:
             raise UserError(f"model.k={k} must be between 1 and model.n_units={n_units}; lower k")
         if k_start is not None and not k <= k_start <= n_units:
             raise UserError(f"model.k_start={k_start} must be between k={k} and n_units={n_units}")
+        if not 0.0 <= lr_final_fraction <= 1.0:
+            raise UserError(f"model.lr_final_fraction={lr_final_fraction} must be in [0, 1]")
         self.save_hyperparameters()
-        self.net = KSparseAE(input_dim, n_units, k, unit_norm_decoder, tied_init, pre_bias)
+        self.net = KSparseAE(input_dim, n_units, k, unit_norm_decoder, tied_init, pre_bias, sparse)
         self.register_buffer("bias_initialized", torch.tensor(False))
         self.register_buffer("samples_since_fired", torch.zeros(n_units, dtype=torch.long))
-        self.val_active = ActiveUnits(n_units)
-        self.test_active = ActiveUnits(n_units)
+        self.val_mse, self.test_mse = MeanMetric(), MeanMetric()
+        self.val_mse.set_dtype(torch.float64)
+        self.test_mse.set_dtype(torch.float64)
+        self.val_active, self.test_active = ActiveUnits(n_units), ActiveUnits(n_units)
 
     def current_k(self) -> int:
         """k for this epoch: ``k_start`` lowered linearly to ``k`` over ``k_anneal_epochs``, else ``k``."""
@@ -71,7 +91,7 @@ class KSparseAutoencoder(L.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Sparse codes (B, n_units) of images (B, ...) with ``input_dim`` pixels."""
-        return self.net.encode(images)
+        return self.net.encode(self._check(images))
 
     def _check(self, images: Tensor) -> Tensor:
         x = images.flatten(1)
@@ -87,15 +107,21 @@ class KSparseAutoencoder(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = self._check(batch[0])
-        pre, z, recon = self.net(x, k=self.current_k())
-        mse = F.mse_loss(recon, x)
+        hp = self.hparams
+        track = hp.k_aux > 0 or hp.revive_bias_step > 0
+        dead = self.samples_since_fired >= hp.dead_window if track else None
+        if hp.revive_bias_step > 0:
+            self.net.raise_bias(dead, hp.revive_bias_step)
+        out = self.net(x, k=self.current_k(), dead=dead, k_aux=hp.k_aux)
+        mse = F.mse_loss(out.recon, x)
         loss = mse
-        if self.hparams.k_aux > 0:
-            fired = (z > 0).any(0)
+        if track:
+            fired = torch.zeros_like(dead).index_fill_(0, out.indices[out.values > 0], True)
             self.samples_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
-            dead = self.samples_since_fired >= self.hparams.dead_window
-            aux = self.net.auxk_loss(x, pre, recon, dead, self.hparams.k_aux)
-            loss = loss + self.hparams.auxk_coef * aux
+            self.log("train/dead_units", dead.sum().float())
+        if hp.k_aux > 0:
+            aux = self.net.auxk_loss(x, out)
+            loss = loss + hp.auxk_coef * aux
             self.log("train/auxk_loss", aux)
         self.log("train/loss", mse, prog_bar=True)
         return loss
@@ -108,28 +134,40 @@ class KSparseAutoencoder(L.LightningModule):
         if self.hparams.unit_norm_decoder:
             self.net.normalize_decoder()
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, active: ActiveUnits) -> None:
+    def _evaluate(self, batch: tuple[Tensor, Tensor], mse: MeanMetric, active: ActiveUnits) -> None:
         x = self._check(batch[0])
-        _, z, recon = self.net(x)
-        active.update(z)
-        self.log(f"{stage}/loss", F.mse_loss(recon, x), prog_bar=stage == "val")
+        out = self.net(x)
+        active.update(densify(out.values, out.indices, self.hparams.n_units))
+        mse.update((out.recon - x).pow(2).mean(1))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_active)
+        self._evaluate(batch, self.val_mse, self.val_active)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_active)
+        self._evaluate(batch, self.test_mse, self.test_active)
 
-    def _log_active(self, stage: str, active: ActiveUnits) -> None:
-        self.log(f"{stage}/active_units", active.compute().float())
+    def _log_epoch(self, stage: str, mse: MeanMetric, active: ActiveUnits) -> None:
+        self.log(f"{stage}/loss", mse.compute().float(), prog_bar=stage == "val")
+        self.log(f"{stage}/active_units", active.compute().float(), prog_bar=stage == "val")
         self.log(f"{stage}/dead_fraction", active.dead_fraction().float())
+        mse.reset()
         active.reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_active("val", self.val_active)
+        self._log_epoch("val", self.val_mse, self.val_active)
 
     def on_test_epoch_end(self) -> None:
-        self._log_active("test", self.test_active)
+        self._log_epoch("test", self.test_mse, self.test_active)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
+        floor = self.hparams.lr_final_fraction
+        if floor >= 1.0:
+            return optimizer
+        total = max(1, self.trainer.estimated_stepping_batches)
+
+        def factor(step: int) -> float:  # cosine from 1 to ``floor`` over the whole run
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,73 @@
+"""The trained pieces of the study in one module: frozen encoder → codes → probe logits, + decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from common.errors import UserError
+from lightning_modules.components.ksparse import (
+    Decoder, TopKEncoder, decoder_from_state, encoder_from_state, read_state_dict)
+from lightning_modules.linear_probe import classifier_from_state
+
+
+class ProbedAutoencoder(nn.Module):
+    """``encoder`` (images → k-sparse codes), ``decoder`` (codes → images), ``classifier`` (codes →
+    logits), all frozen, in eval mode. Images are preprocessed (B, 1, 28, 28) or (B, 784) in [0, 1]."""
+
+    def __init__(self, encoder: TopKEncoder, decoder: Decoder, classifier: nn.Linear) -> None:
+        super().__init__()
+        n_units, dim = encoder.weight.shape
+        if decoder.weight.shape != (n_units, dim):
+            raise UserError(f"decoder has shape {tuple(decoder.weight.shape)} but the encoder "
+                            f"{(n_units, dim)}; they come from different models")
+        if classifier.in_features != n_units:
+            raise UserError(f"classifier reads {classifier.in_features} features but the encoder has "
+                            f"{n_units} units; use the probe trained on this encoder")
+        self.encoder, self.decoder, self.classifier = encoder, decoder, classifier
+        self.requires_grad_(False).eval()
+
+    @property
+    def n_units(self) -> int:
+        return self.encoder.n_units
+
+    @property
+    def input_dim(self) -> int:
+        return self.encoder.input_dim
+
+    def codes(self, images: Tensor) -> Tensor:
+        """(B, ...) images → (B, n_units) k-sparse codes."""
+        return self.encoder(images.flatten(1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, ...) images → (B, num_classes) logits."""
+        return self.classifier(self.codes(images))
+
+    @torch.no_grad()
+    def batched_codes(self, images: Tensor, batch_size: int = 2048) -> Tensor:
+        """Codes of many images, a chunk at a time: (N, ...) → (N, n_units)."""
+        return torch.cat([self.codes(chunk) for chunk in images.split(batch_size)])
+
+
+def load_probed_autoencoder(ksae_run: str | Path, probe_run: str | Path,
+                            input_dim: int | None = None) -> ProbedAutoencoder:
+    """Load ``encoder.pth`` + ``decoder.pth`` from ``ksae_run`` and ``classifier.pth`` from
+    ``probe_run`` (``weights_only=True``); a one-line ``UserError`` for a missing or mismatched file."""
+    ksae_run, probe_run = Path(ksae_run), Path(probe_run)
+    what = "k-sparse AE run '{}' has no {} (train it: python train.py --config configs/fashion_mnist/ksae.yaml)"
+    for name in ("encoder.pth", "decoder.pth"):
+        if not (ksae_run / name).is_file():
+            raise UserError(what.format(ksae_run, name))
+    if not (probe_run / "classifier.pth").is_file():
+        raise UserError(f"probe run '{probe_run}' has no classifier.pth "
+                        f"(train it: python train.py --config configs/fashion_mnist/probe.yaml)")
+    encoder = encoder_from_state(read_state_dict(ksae_run / "encoder.pth", "net.encoder.", "encoder"),
+                                 f"'{ksae_run / 'encoder.pth'}'", input_dim)
+    decoder = decoder_from_state(read_state_dict(ksae_run / "decoder.pth", "net.decoder.", "decoder"),
+                                 f"'{ksae_run / 'decoder.pth'}'")
+    classifier = classifier_from_state(
+        read_state_dict(probe_run / "classifier.pth", "classifier.", "classifier"),
+        f"'{probe_run / 'classifier.pth'}'", encoder.n_units)
+    return ProbedAutoencoder(encoder, decoder, classifier)

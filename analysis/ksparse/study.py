@@ -1,0 +1,315 @@
+"""``KSparseStudy``: the ``analyze.py`` job of issue 3 — importance, atoms, overlays, ablation,
+occlusion — written as one report folder (Markdown + self-contained HTML, PNGs, ``results.json``)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+from matplotlib.figure import Figure
+
+from analysis.base import Analysis
+from analysis.ksparse import figures
+from analysis.ksparse.ablation import ablation_study
+from analysis.ksparse.artifacts import ProbedAutoencoder, load_probed_autoencoder
+from analysis.ksparse.attribution import feature_overlay, occlusion_map
+from analysis.ksparse.importance import class_mean_codes, importance, top_units
+from common.errors import UserError
+from common.io import atomic_write_json, atomic_write_text, check_writable_dir
+from common.run_options import WandbOptions
+from datamodules.image_datamodule import ImageDataModule, Split
+
+
+class KSparseStudy(Analysis):
+    """Explain the k-sparse codes through the linear probe trained on them.
+
+    Reads ``encoder.pth``/``decoder.pth`` (``ksae_run``) and ``classifier.pth`` (``probe_run``);
+    computes importance on ``importance_split`` and evaluates everything else on ``eval_split`` (so
+    the units are not chosen on the images they are tested on). Writes ``output_dir`` (default
+    ``<ksae_run>/report``): ``report.md`` (links ``figures/*.png``), ``report.html`` (figures
+    embedded, opens anywhere) and ``results.json``. The folder is built beside the target and
+    renamed into place at the end, so a failure leaves the previous report (or none), never a part.
+
+    Args:
+        data: the image datamodule the models were trained on (same preprocessing and splits).
+        ksae_run: run folder of the k-sparse autoencoder (holds encoder.pth, decoder.pth).
+        probe_run: run folder of the linear probe on its codes (holds classifier.pth).
+        pixel_probe_run: run folder of the raw-pixel probe, whose results.json gives the baseline
+            accuracy in the report; ``None`` leaves it out.
+        output_dir: report folder; ``None`` = ``<ksae_run>/report``.
+        importance_split: images whose class-mean codes define the importance.
+        eval_split: images for reconstruction error, dead units, ablation and the examples.
+        top_units: most important units per class shown in the atom grid and the tables.
+        ablation_units: units zeroed per class in the ablation (top ones, and as many random ones).
+        ablation_seeds: random draws of the control units.
+        overlay_top_k: units drawn in each feature overlay.
+        occlusion_window: side of the occluding square, in pixels.
+        occlusion_stride: step of the occluding square, in pixels.
+        occlusion_output: watch the predicted class's ``probability`` or ``logit``.
+        wandb: also log the figures and summary numbers to Weights & Biases.
+    """
+
+    def __init__(
+        self,
+        data: ImageDataModule,
+        ksae_run: str = "runs/fashion_mnist_ksae/main",
+        probe_run: str = "runs/fashion_mnist_probe/main",
+        pixel_probe_run: str | None = "runs/fashion_mnist_probe_pixels/main",
+        output_dir: str | None = None,
+        importance_split: Split = "train",
+        eval_split: Split = "test",
+        top_units: int = 8,
+        ablation_units: int = 10,
+        ablation_seeds: int = 5,
+        overlay_top_k: int = 6,
+        occlusion_window: int = 4,
+        occlusion_stride: int = 2,
+        occlusion_output: Literal["probability", "logit"] = "probability",
+        wandb: WandbOptions = WandbOptions(),
+    ) -> None:
+        if min(top_units, ablation_units, ablation_seeds, overlay_top_k) < 1:
+            raise UserError("top_units, ablation_units, ablation_seeds and overlay_top_k must be at least 1")
+        self.data = data
+        self.ksae_run, self.probe_run = Path(ksae_run), Path(probe_run)
+        self.pixel_probe_run = Path(pixel_probe_run) if pixel_probe_run else None
+        self.output_dir = Path(output_dir) if output_dir else self.ksae_run / "report"
+        self.importance_split, self.eval_split = importance_split, eval_split
+        self.top_units, self.ablation_units, self.ablation_seeds = top_units, ablation_units, ablation_seeds
+        self.overlay_top_k = overlay_top_k
+        self.occlusion = dict(window=occlusion_window, stride=occlusion_stride, output=occlusion_output)
+        self.wandb = wandb
+
+    # ----- inputs -------------------------------------------------------------------------------
+    def load(self) -> ProbedAutoencoder:
+        """The frozen encoder, decoder and classifier (``UserError`` if missing or mismatched)."""
+        side = self.data.image_shape
+        model = load_probed_autoencoder(self.ksae_run, self.probe_run, side[0] * side[1] * side[2])
+        n_units, classes = model.n_units, model.classifier.out_features
+        if classes != self.data.num_classes:
+            raise UserError(f"classifier has {classes} classes but the data has {self.data.num_classes}")
+        for name, value in (("top_units", self.top_units), ("ablation_units", self.ablation_units),
+                            ("overlay_top_k", self.overlay_top_k)):
+            if value > n_units:
+                raise UserError(f"{name}={value} is larger than the code size {n_units}; lower it")
+        return model
+
+    def images(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed images (N, C, H, W) and labels (N,) of one split."""
+        images, labels = self.data.split(split)
+        return self.data.transform(images, train=False), labels
+
+    # ----- the study ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def compute(self, model: ProbedAutoencoder) -> tuple[dict, dict[str, Figure]]:
+        """All numbers (JSON-ready) and figures (name → Figure)."""
+        names = list(self.data.class_names)
+        classes = len(names)
+        x_imp, y_imp = self.images(self.importance_split)
+        scores = importance(model.classifier.weight, class_mean_codes(model.batched_codes(x_imp), y_imp, classes))
+        top = top_units(scores, max(self.top_units, self.ablation_units))
+        x, y = self.images(self.eval_split)
+        codes = model.batched_codes(x)
+        recon = model.decoder(codes)
+        fires = (codes > 0).sum(0)
+        accuracy = (model.classifier(codes).argmax(1) == y).double().mean().item()
+        ablation = ablation_study(model.classifier, codes, y, top[:, : self.ablation_units],
+                                  list(range(self.ablation_seeds)), names)
+        examples = [int((y == c).nonzero()[0]) for c in range(classes)]
+        overlays = [feature_overlay(model, x[i], self.overlay_top_k) for i in examples]
+        occlusions = [occlusion_map(model, x[i], **self.occlusion) for i in examples]
+        side = x.shape[-1]
+        shown = top[:, : self.top_units]
+        numbers = {
+            "splits": {"importance": self.importance_split, "eval": self.eval_split},
+            "n_units": model.n_units, "k": int(model.encoder.k),
+            "reconstruction": {
+                "mse_per_pixel": (recon - x.flatten(1)).pow(2).double().mean().item(),
+                "dead_units": int((fires == 0).sum()), "dead_fraction": (fires == 0).double().mean().item(),
+                "mean_active_per_image": (codes > 0).sum(1).double().mean().item()},
+            "probe": {"accuracy": accuracy, "pixel_baseline_accuracy": self._pixel_baseline()},
+            "importance": {"definition": "importance[i, c] = |W[c, i]| * mean(z_i over images of class c)",
+                           "top_units": {names[c]: [{"unit": int(u), "importance": float(scores[u, c])}
+                                                    for u in shown[c]] for c in range(classes)}},
+            "ablation": ablation,
+            "overlays": [{"image_index": i, "label": names[int(y[i])], "predicted": names[o.target],
+                          "units": o.units.tolist(), "contributions": o.contributions.tolist()}
+                         for i, o in zip(examples, overlays)],
+            "occlusion": {**self.occlusion, "examples": [
+                {"image_index": i, "label": names[int(y[i])], "max_drop": float(m.max()),
+                 "mean_drop": float(m.mean())} for i, m in zip(examples, occlusions)]},
+        }
+        atoms = model.decoder.weight[shown.flatten()].reshape(classes, -1, side, side)
+        shown_scores = torch.stack([scores[shown[c], c] for c in range(classes)])
+        targets = [int(model(x[i : i + 1]).argmax()) for i in examples]
+        figs = {
+            "reconstructions": figures.reconstruction_figure(
+                x[examples, 0], recon[examples].reshape(-1, side, side), [names[c] for c in range(classes)]),
+            "atoms": figures.atom_grid(atoms, shown, shown_scores, names),
+            "importance": figures.importance_heatmap(scores.float(), shown, names),
+            "overlays": figures.overlay_figure(overlays, names),
+            "occlusion": figures.occlusion_figure([x[i, 0] for i in examples], occlusions, targets, names,
+                                                  self.occlusion["output"]),
+            "ablation": figures.ablation_figure(ablation),
+        }
+        return numbers, figs
+
+    def _pixel_baseline(self) -> float | None:
+        if self.pixel_probe_run is None:
+            return None
+        path = self.pixel_probe_run / "results.json"
+        try:
+            return float(json.loads(path.read_text())["test"]["test/acc"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"no pixel-probe result in '{path}'; run python train.py --config "
+                            f"configs/fashion_mnist/probe.yaml --config configs/fashion_mnist/probe_pixels.yaml "
+                            f"or set pixel_probe_run: null") from None
+
+    def run(self) -> Path:
+        """Validate the inputs, compute, write the report atomically; returns the report folder."""
+        model = self.load()
+        check_writable_dir(self.output_dir.parent, "output_dir's parent")
+        numbers, figs = self.compute(model)
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.", dir=self.output_dir.parent))
+        try:
+            (staging / "figures").mkdir()
+            paths = {}
+            for name, fig in figs.items():
+                paths[name] = f"figures/{name}.png"
+                fig.savefig(staging / paths[name], dpi=110)
+            atomic_write_json(staging / "results.json", numbers)
+            atomic_write_text(staging / "report.md", render_markdown(numbers, paths))
+            atomic_write_text(staging / "report.html", render_html(numbers, paths, staging))
+            _replace_dir(staging, self.output_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        if self.wandb.enabled:
+            self._log_wandb(numbers, paths)
+        return self.output_dir
+
+    def _log_wandb(self, numbers: dict, paths: dict[str, str]) -> None:
+        import wandb
+
+        run = wandb.init(project=self.wandb.project, entity=self.wandb.entity, mode=self.wandb.mode,
+                         tags=self.wandb.tags, dir=str(self.output_dir), job_type="analysis",
+                         name=f"ksparse-study/{self.ksae_run.name}")
+        try:
+            run.log({f"figures/{name}": wandb.Image(str(self.output_dir / path)) for name, path in paths.items()})
+            run.summary.update({"mse_per_pixel": numbers["reconstruction"]["mse_per_pixel"],
+                                "dead_units": numbers["reconstruction"]["dead_units"],
+                                "probe_accuracy": numbers["probe"]["accuracy"],
+                                **{f"ablation/{k}": v for k, v in numbers["ablation"]["summary"].items()}})
+        finally:
+            run.finish()
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Move the finished ``staging`` folder onto ``target`` (an old ``target`` is swapped out first
+    and removed only after the new one is in place)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _summary_lines(numbers: dict) -> list[str]:
+    rec, probe, abl = numbers["reconstruction"], numbers["probe"], numbers["ablation"]["summary"]
+    baseline = probe["pixel_baseline_accuracy"]
+    return [
+        f"- Reconstruction on the {numbers['splits']['eval']} split: MSE/pixel {rec['mse_per_pixel']:.5f}; "
+        f"dead units {rec['dead_units']} / {numbers['n_units']} ({100 * rec['dead_fraction']:.1f}%); "
+        f"k = {numbers['k']}.",
+        f"- Linear probe on the codes: accuracy {100 * probe['accuracy']:.2f}%"
+        + (f" (raw-pixel probe: {100 * baseline:.2f}%)." if baseline is not None else "."),
+        f"- Ablation ({numbers['ablation']['units_per_class']} units per class): class-logit drop "
+        f"{abl['top_logit_drop_mean']:.3f} for the top units vs {abl['random_logit_drop_mean']:.3f} for "
+        f"random firing units; class-accuracy drop {100 * abl['top_class_accuracy_drop_mean']:.1f} vs "
+        f"{100 * abl['random_class_accuracy_drop_mean']:.1f} points; top units hurt more in "
+        f"{abl['classes_where_top_hurts_more']} of {abl['classes']} classes.",
+    ]
+
+
+SECTIONS = [
+    ("reconstructions", "Reconstructions", "One test image per class over its reconstruction."),
+    ("atoms", "Decoder atoms of the most important units",
+     "importance[i, c] = |W[c, i]| · mean(z_i over images of class c), W the probe's weight."),
+    ("importance", "Importance of the top units across classes", ""),
+    ("overlays", "Feature overlays",
+     "For one image per class: the units with the largest logit contributions W[c, i]·z_i, their "
+     "atoms, and Σ contribution × atom over the image."),
+    ("occlusion", "Occlusion maps", "captum's Occlusion: how much the predicted class drops when a "
+     "patch covers each pixel."),
+    ("ablation", "Unit ablation", "Zeroing the top units of class c vs the same number of random "
+     "units that fire on class c (mean ± std over seeds)."),
+]
+
+
+def _ablation_table(numbers: dict) -> list[list[str]]:
+    rows = []
+    for e in numbers["ablation"]["per_class"]:
+        r = e["random"]
+        rows.append([e["name"], f"{e['top']['logit_drop']:.3f}",
+                     f"{r['logit_drop_mean']:.3f} ± {r['logit_drop_std']:.3f}",
+                     f"{100 * e['top']['class_accuracy']:.1f}",
+                     f"{100 * r['class_accuracy_mean']:.1f}", f"{100 * e['top']['accuracy']:.2f}",
+                     f"{100 * r['accuracy_mean']:.2f}"])
+    return rows
+
+
+ABLATION_HEADER = ["class", "logit drop (top)", "logit drop (random)", "class acc % (top)",
+                   "class acc % (random)", "acc % (top)", "acc % (random)"]
+
+
+def render_markdown(numbers: dict, paths: dict[str, str]) -> str:
+    """The report as Markdown; figures linked by relative path."""
+    lines = ["# k-sparse autoencoder on Fashion-MNIST: study report", "", *_summary_lines(numbers), ""]
+    for key, title, text in SECTIONS:
+        lines += [f"## {title}", "", text, "", f"![{title}]({paths[key]})", ""]
+        if key == "atoms":
+            lines += ["| class | top units (importance) |", "|---|---|"]
+            for name, units in numbers["importance"]["top_units"].items():
+                lines.append(f"| {name} | " + ", ".join(f"#{u['unit']} ({u['importance']:.3g})" for u in units) + " |")
+            lines.append("")
+        if key == "ablation":
+            lines += ["| " + " | ".join(ABLATION_HEADER) + " |", "|" + "---|" * len(ABLATION_HEADER)]
+            lines += ["| " + " | ".join(row) + " |" for row in _ablation_table(numbers)]
+            lines.append("")
+    lines += ["All numbers: `results.json`.", ""]
+    return "\n".join(lines)
+
+
+def render_html(numbers: dict, paths: dict[str, str], folder: Path) -> str:
+    """The report as one HTML file with the figures embedded (base64 PNG)."""
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>k-sparse AE study</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}</style>",
+             "</head><body><h1>k-sparse autoencoder on Fashion-MNIST: study report</h1><ul>"]
+    parts += [f"<li>{html.escape(line[2:])}</li>" for line in _summary_lines(numbers)]
+    parts.append("</ul>")
+    for key, title, text in SECTIONS:
+        data = base64.b64encode((folder / paths[key]).read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>"
+                     f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+        if key == "atoms":
+            rows = [[name, ", ".join(f"#{u['unit']} ({u['importance']:.3g})" for u in units)]
+                    for name, units in numbers["importance"]["top_units"].items()]
+            parts.append(table(["class", "top units (importance)"], rows))
+        if key == "ablation":
+            parts.append(table(ABLATION_HEADER, _ablation_table(numbers)))
+    parts.append("<p>All numbers: results.json.</p></body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,267 @@
+"""``UniversalityStudy``: the universality report of a Universal SAE against independent SAEs.
+
+``python analyze.py --config configs/<dataset>/analysis_universality.yaml`` builds it. On one
+held-out split it computes firing entropy, self/cross R², cross-model feature correlation (with
+Hungarian matching and nulls for the independent SAEs), feature statistics, top-activating images
+and activation maximisation of universal and model-specific latents, then writes
+``<output_dir>/index.html`` (figures in ``figures/``) and ``report.json`` atomically.
+Thasarathan et al., ICML 2025, "Universal Sparse Autoencoders" (https://arxiv.org/abs/2502.03714).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+from lightning import LightningDataModule
+
+from analysis.base import Analysis
+from analysis.universality import inputs
+from analysis.universality.activation_max import ActMaxSettings, maximize_latents
+from analysis.universality.codes import extract_codes, saes_of
+from analysis.universality.correlation import all_pairs, correlation_figure
+from analysis.universality.entropy import entropy_figure, firing_entropy
+from analysis.universality.feature_model import LatentObjective, frozen
+from analysis.universality.html_sections import build_html, wandb_tables
+from analysis.universality.r2 import r2_figure, r2_matrix, r2_numbers
+from analysis.universality.report import atomic_dir, write_json
+from analysis.universality.selection import check_latents, select_latents
+from analysis.universality.side_by_side import act_max_grid_figure, side_by_side_figure
+from analysis.universality.stats import feature_statistics, stats_figure
+from analysis.universality.summary import SYSTEMS, headline_numbers
+from analysis.universality.top_images import TopImages, top_activating, top_images_figure
+from analysis.universality.wandb_export import log_report
+from common.errors import UserError
+from common.run_options import WandbOptions
+
+LABELS = {"usae": "USAE", "independent": "independent SAEs"}
+
+
+class UniversalityStudy(Analysis):
+    """Universality analysis and feature visualisation of a USAE vs independent SAEs on one split.
+
+    Args:
+        usae_checkpoint: ``UniversalSAE`` Lightning checkpoint (``runs/<exp>/<version>/checkpoints/last.ckpt``).
+        independent_checkpoint: ``IndependentSAEs`` checkpoint trained on the same activation cache.
+        output_dir: report folder; replaced atomically (a failed run leaves the old one, or none).
+        train_config: the SAE training run's ``config.yaml`` (LightningCLI writes it in the run folder);
+            its ``data`` section rebuilds the activation datamodule. The simplest choice: nothing to
+            repeat. Give this or ``data``, not both.
+        data: the activation datamodule itself (nested ``class_path``/``init_args``), e.g. to analyse
+            another split source. Give this or ``train_config``.
+        split: the held-out split analysed ("test" in the study).
+        batch_size: rows per batch when encoding the split.
+        fire_threshold: a latent fires when its TopK code is > this.
+        entropy_lo: alive latents with firing entropy H ≤ this are model-specific.
+        entropy_hi: alive latents with H ≥ this are universal.
+        entropy_bins: bins of the entropy histograms over [0, 1].
+        min_activations: latents firing on fewer images (in either model of a pair) are left out of
+            correlations; candidates for visualisation fire at least this often in total.
+        top_correlated: how many of the most correlated latents the report lists.
+        n_features: universal and model-specific latents visualised (each), chosen from the USAE.
+        feature_indices: further USAE latents to visualise (their own section); must be < n_latents.
+        n_top_images: top-activating images shown per latent and model.
+        act_max: activation-maximisation settings (steps, lr, parameterization, jitter, ...).
+        device: "cpu", "cuda", or "auto" (CUDA when available).
+        seed: seeds the nulls' permutations (activation maximisation uses ``act_max.seed``).
+        wandb: also send figures, tables and numbers to W&B (``enabled``, ``mode`` offline/online).
+    """
+
+    def __init__(
+        self,
+        usae_checkpoint: str,
+        independent_checkpoint: str,
+        output_dir: str,
+        train_config: str | None = None,
+        data: LightningDataModule | None = None,
+        split: Literal["train", "val", "test"] = "test",
+        batch_size: int = 1024,
+        fire_threshold: float = 0.0,
+        entropy_lo: float = 0.2,
+        entropy_hi: float = 0.8,
+        entropy_bins: int = 20,
+        min_activations: int = 10,
+        top_correlated: int = 20,
+        n_features: int = 4,
+        feature_indices: list[int] | None = None,
+        n_top_images: int = 6,
+        act_max: ActMaxSettings = ActMaxSettings(),
+        device: str = "cpu",
+        seed: int = 0,
+        wandb: WandbOptions = WandbOptions(),
+    ) -> None:
+        if not 0.0 <= entropy_lo < entropy_hi <= 1.0:
+            raise UserError(f"need 0 <= entropy_lo < entropy_hi <= 1; got entropy_lo={entropy_lo}, "
+                            f"entropy_hi={entropy_hi}")
+        for name, value in (("batch_size", batch_size), ("entropy_bins", entropy_bins),
+                            ("min_activations", min_activations), ("act_max.steps", act_max.steps),
+                            ("act_max.batch_size", act_max.batch_size), ("n_top_images", n_top_images)):
+            if value < 1:
+                raise UserError(f"{name}={value} must be at least 1")
+        if n_features < 0 or top_correlated < 0:
+            raise UserError("n_features and top_correlated must be >= 0")
+        if act_max.parameterization not in ("pixel", "fourier"):
+            raise UserError(f"act_max.parameterization={act_max.parameterization!r}; use 'pixel' or 'fourier'")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device={device!r} but CUDA is not available; use device: cpu or auto")
+        self.usae_checkpoint, self.independent_checkpoint = str(usae_checkpoint), str(independent_checkpoint)
+        self.output_dir, self.train_config, self.data = Path(output_dir), train_config, data
+        self.split, self.batch_size, self.fire_threshold = split, int(batch_size), float(fire_threshold)
+        self.entropy_lo, self.entropy_hi, self.entropy_bins = float(entropy_lo), float(entropy_hi), int(entropy_bins)
+        self.min_activations, self.top_correlated = int(min_activations), int(top_correlated)
+        self.n_features, self.feature_indices = int(n_features), [int(f) for f in feature_indices or []]
+        self.n_top_images, self.act_max, self.device, self.seed = int(n_top_images), act_max, device, int(seed)
+        self.wandb = wandb
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        print(f"[analysis] {stage} ...", flush=True)
+        yield
+        self.timings[stage] = time.perf_counter() - start
+
+    def run(self) -> Path:
+        start = time.perf_counter()
+        with self._timed("load"):
+            systems = {"usae": inputs.load_system(self.usae_checkpoint, "usae"),
+                       "independent": inputs.load_system(self.independent_checkpoint, "independent")}
+            inputs.check_same_latents(systems["usae"], systems["independent"])
+            dm = inputs.build_datamodule(self.data, self.train_config)
+            for kind, path in (("usae", self.usae_checkpoint), ("independent", self.independent_checkpoint)):
+                inputs.check_system_matches(systems[kind], dm.feature_dims, f"{kind}_checkpoint", path)
+            n_latents = next(iter(saes_of(systems["usae"]).values())).get_dictionary().shape[0]
+            requested = check_latents(self.feature_indices, n_latents, "feature_indices")
+            data = inputs.load_split(dm, self.split)
+            names = list(saes_of(systems["usae"]))
+        with atomic_dir(self.output_dir) as out:
+            figures_dir = out / "figures"
+            figures_dir.mkdir()
+            report, figures = self._analyse(systems, dm, data, names, requested, figures_dir)
+            self.timings["total"] = time.perf_counter() - start
+            report["timings_s"] = dict(self.timings)
+            rel = {key: path.relative_to(out).as_posix() for key, path in figures.items()}
+            report["figures"] = rel
+            write_json(out / "report.json", report)
+            (out / "index.html").write_text(build_html(report, rel), encoding="utf-8")
+        print(f"[analysis] report: {self.output_dir / 'index.html'} ({self.timings['total']:.1f} s)", flush=True)
+        if self.wandb.enabled:
+            log_report(self.wandb, f"universality/{self.output_dir.name}", self.output_dir.parent / "wandb",
+                       {k: self.output_dir / v for k, v in rel.items()}, wandb_tables(report),
+                       report["headline_flat"], report["config"])
+        return self.output_dir
+
+    def _analyse(self, systems, dm, data, names, requested, figs: Path):
+        codes, r2, entropy, pairs, stats = {}, {}, {}, {}, {}
+        for kind, system in systems.items():
+            system.to(self.device)
+            with self._timed(f"codes/{kind}"):
+                codes[kind] = extract_codes(system, data.features, self.batch_size, self.device)
+                r2[kind] = r2_matrix(system, codes[kind], data.features, self.batch_size, self.device)
+            system.cpu()
+            with self._timed(f"entropy+stats/{kind}"):
+                entropy[kind] = firing_entropy(codes[kind], self.fire_threshold, self.entropy_lo,
+                                               self.entropy_hi, self.entropy_bins)
+                norms = {n: sae.get_dictionary().detach().norm(dim=1) for n, sae in saes_of(system).items()}
+                stats[kind] = feature_statistics(codes[kind], self.fire_threshold, norms)
+            with self._timed(f"correlation/{kind}"):
+                pairs[kind] = all_pairs(codes[kind], self.fire_threshold, self.min_activations, self.seed)
+        fire_counts = codes["usae"].fire_counts(self.fire_threshold).numpy()
+        groups = select_latents(entropy["usae"], fire_counts, self.n_features, self.min_activations)
+        if requested:
+            groups["requested"] = requested
+        latents = list(dict.fromkeys(f for g in groups.values() for f in g))
+        tops = {m: top_activating(codes["usae"], m, latents, self.n_top_images) for m in names}
+        with self._timed("activation_max"):
+            act = self._activation_max(systems["usae"], dm, data, names, latents)
+        with self._timed("figures"):
+            figures = self._figures(names, data, codes, r2, entropy, pairs, stats, groups, latents, tops, act,
+                                    fire_counts, figs)
+        report = self._numbers(systems, data, names, r2, entropy, pairs, stats, groups, latents, tops, act,
+                               fire_counts)
+        return report, figures
+
+    def _activation_max(self, usae, dm, data, names, latents):
+        """Per backbone, one batched optimisation of every chosen latent (keys (model, latent))."""
+        shape = inputs.input_shape(dm, data.images)
+        preprocess = inputs.preprocess_fn(dm)
+        saes = saes_of(usae)
+        result = {}
+        for m, name in enumerate(names):
+            if not latents:
+                result[name] = maximize_latents(lambda x, f: x.sum((1, 2, 3)), [], shape, self.act_max)
+                continue
+            head = inputs.feature_head(dm, name).to(self.device)
+            sae = saes[name].to(self.device)
+            objective = LatentObjective(preprocess, head, sae)
+            with frozen(head, sae):
+                result[name] = maximize_latents(objective, latents, shape, self.act_max,
+                                                keys=[(m, f) for f in latents], device=self.device)
+            sae.cpu()
+        return result
+
+    def _figures(self, names, data, codes, r2, entropy, pairs, stats, groups, latents, tops, act, fire_counts, figs):
+        out = {"entropy": entropy_figure({LABELS[k]: entropy[k] for k in SYSTEMS}, figs / "entropy.png", names),
+               "r2": r2_figure({LABELS[k]: r2[k] for k in SYSTEMS}, names, figs / "r2.png"),
+               "correlation": correlation_figure(pairs["usae"], pairs["independent"], figs / "correlation.png"),
+               "stats": stats_figure(stats["usae"], entropy["usae"], stats["independent"], entropy["independent"],
+                                     figs / "feature_stats.png")}
+        if not latents:
+            return out
+        out["top_images"] = top_images_figure(data.images, data.labels, data.class_names, tops, latents,
+                                              figs / "top_images.png")
+        out["act_max"] = act_max_grid_figure(
+            latents, names, {m: act[m].images for m in names}, {m: act[m].start for m in names},
+            {m: act[m].final for m in names}, figs / "act_max.png",
+            f"Activation maximisation ({self.act_max.parameterization}, {self.act_max.steps} steps): "
+            "latent: pre-activation before → after")
+        position = {f: i for i, f in enumerate(latents)}
+        titles = {"universal": "Universal latents (highest firing entropy): each backbone's view",
+                  "specific": "Model-specific latents (lowest firing entropy): each backbone's view",
+                  "requested": "Requested latents: each backbone's view"}
+        for group, chosen in groups.items():
+            if not chosen:
+                continue
+            rows = [position[f] for f in chosen]
+            sub_tops = {m: TopImages(tops[m].index[rows], tops[m].code[rows], tops[m].pre[rows]) for m in names}
+            out[f"side_by_side_{group}"] = side_by_side_figure(
+                chosen, names, {m: act[m].images[rows] for m in names}, {m: act[m].final[rows] for m in names},
+                sub_tops, data.images, entropy["usae"].entropy, fire_counts, titles[group],
+                figs / f"side_by_side_{group}.png", min(3, self.n_top_images))
+        return out
+
+    def _numbers(self, systems, data, names, r2, entropy, pairs, stats, groups, latents, tops, act, fire_counts):
+        usae_sae = next(iter(saes_of(systems["usae"]).values()))
+        systems_out = {}
+        for kind in SYSTEMS:
+            systems_out[kind] = {
+                "r2": r2_numbers(r2[kind], names),
+                "entropy": entropy[kind].numbers(),
+                "correlation": [p.numbers(self.top_correlated) for p in pairs[kind]],
+                "feature_stats": stats[kind].numbers(entropy[kind]),
+                "per_latent_entropy": entropy[kind].entropy.tolist(),
+            }
+        act_out = {m: [{"latent": f, "start": float(act[m].start[i]), "final": float(act[m].final[i])}
+                       for i, f in enumerate(latents)] for m in names}
+        headline = headline_numbers(systems_out, act_out)
+        config = {k: v for k, v in vars(self).items() if k not in ("data", "timings", "act_max", "wandb")}
+        config.update(output_dir=str(self.output_dir), act_max=asdict(self.act_max), wandb=asdict(self.wandb),
+                      data=type(self.data).__name__ if self.data is not None else None)
+        return {
+            "config": config,
+            "setup": {"models": names, "feature_dims": {n: int(data.features[n].shape[1]) for n in names},
+                      "n_latents": int(usae_sae.get_dictionary().shape[0]), "k": int(getattr(usae_sae, "k", 0)),
+                      "split": self.split, "n_images": int(data.images.shape[0])},
+            "headline": headline,
+            "headline_flat": {f"{kind}/{k}": v for kind, d in headline.items() for k, v in d.items()},
+            "systems": systems_out,
+            "visualised": {"groups": groups, "top_images": {m: tops[m].numbers(latents) for m in names},
+                           "activation_max": act_out,
+                           "fire_counts": {m: fire_counts[j, latents].tolist() for j, m in enumerate(names)}},
+        }

@@ -1,0 +1,94 @@
+"""Activation maximisation speed: features/second, all features in one batch vs one at a time.
+
+Same backbone, SAE, features, seeds and steps for both contestants, run round-robin in one process
+(timings on a shared machine are noisy: compare only numbers from the same run). Each job draws its
+initialisation and jitter from its own seed, so both contestants must give the same images; the
+largest pixel difference is printed as a check.
+
+    python benchmarks/bench_activation_max.py            # ResNet50 + MobileNetV3-Large at 32 px, 500 steps
+    python benchmarks/bench_activation_max.py --quick    # seconds: ResNet18 at 32 px, 5 steps
+    python benchmarks/bench_activation_max.py --arch resnet50 --image-size 224 --features 16 --steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.universality.activation_max import ActMaxSettings, maximize_latents  # noqa: E402
+from analysis.universality.feature_model import FeatureHead, L2Normalize, LatentObjective, frozen  # noqa: E402
+from lightning_modules.components.backbones import FeatureExtractor, build_backbone, default_layer  # noqa: E402
+from lightning_modules.components.topk_sae import TopKSAE  # noqa: E402
+
+
+def build_objective(arch: str, image_size: int, n_latents: int, channels: int) -> tuple[LatentObjective, list]:
+    """Random-weight backbone → default feature layer → L2 → random TopK SAE (speed does not
+    depend on the weights). Input: grey or RGB pixels in [0, 1], normalised like the study's data."""
+    torch.manual_seed(0)
+    net = build_backbone(arch, 10, pretrained=False).eval()
+    head = FeatureHead(FeatureExtractor(net, default_layer(arch), arch), L2Normalize()).eval()
+    with torch.no_grad():
+        dim = head(torch.zeros(1, 3, image_size, image_size)).shape[1]
+    sae = TopKSAE(dim, n_latents, 32, seed=0)
+    objective = LatentObjective(lambda x: (x.expand(-1, 3, -1, -1) - 0.286) / 0.353, head, sae)
+    return objective, [head, sae]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", action="append", help="torchvision model (repeatable); default resnet50 and "
+                   "mobilenet_v3_large")
+    p.add_argument("--image-size", type=int, default=32, help="backbone input side (Fashion-MNIST study: 32)")
+    p.add_argument("--channels", type=int, default=1, help="image channels optimised (1: grey, as Fashion-MNIST)")
+    p.add_argument("--features", type=int, default=8, help="latents optimised")
+    p.add_argument("--steps", type=int, default=500, help="gradient steps per feature")
+    p.add_argument("--parameterization", choices=["pixel", "fourier"], default="pixel")
+    p.add_argument("--n-latents", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=2, help="rounds; min and median reported")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help="ResNet18, 4 features, 5 steps, 1 round")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.arch, args.features, args.steps, args.repeats = args.arch or ["resnet18"], 4, 5, 1
+    archs = args.arch or ["resnet50", "mobilenet_v3_large"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.features} features, "
+          f"{args.steps} steps, {args.image_size}px, {args.channels} channel(s), {args.parameterization}")
+    print(f"{'arch':<22}{'contestant':<18}{'min s':>9}{'median s':>10}{'features/s':>12}{'speed-up':>10}")
+    latents = list(range(args.features))
+    shape = (args.channels, args.image_size, args.image_size)
+    for arch in archs:
+        objective, modules = build_objective(arch, args.image_size, args.n_latents, args.channels)
+        contestants = {"batched": args.features, "one-at-a-time": 1}
+        times = {name: [] for name in contestants}
+        images = {}
+        with frozen(*modules):
+            for batch in contestants.values():  # warm-up: first calls pay for allocation and kernel choice
+                maximize_latents(objective, latents[:batch], shape, ActMaxSettings(steps=1, batch_size=batch))
+            for _ in range(args.repeats):
+                for name, batch in contestants.items():
+                    settings = ActMaxSettings(steps=args.steps, lr=0.05, parameterization=args.parameterization,
+                                              batch_size=batch, seed=0)
+                    start = time.perf_counter()
+                    res = maximize_latents(objective, latents, shape, settings)
+                    times[name].append(time.perf_counter() - start)
+                    images[name] = res.images
+        base = min(times["one-at-a-time"])
+        for name in contestants:
+            best = min(times[name])
+            print(f"{arch:<22}{name:<18}{best:>9.2f}{statistics.median(times[name]):>10.2f}"
+                  f"{args.features / best:>12.3f}{base / best:>9.2f}×")
+        diff = (images["batched"] - images["one-at-a-time"]).abs().max().item()
+        print(f"{arch:<22}largest pixel difference batched vs one-at-a-time: {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Dead-unit ablation and training speed of the Fashion-MNIST k-sparse autoencoder (issue 3).
+
+    python benchmarks/bench_ksae.py                   # the full table: 30 epochs per row (~1 h on 2 cores)
+    python benchmarks/bench_ksae.py --quick           # 2 epochs on 10,000 images per row (minutes)
+    python benchmarks/bench_ksae.py --rows plain default --epochs 30
+    python benchmarks/bench_ksae.py --speed-only      # only the sparse vs dense training-speed rows
+
+(1) Ablation: the plain model of the issue (nn.Linear's default init, no cure), each cure alone,
+and the default of ``configs/fashion_mnist/ksae.yaml``, on real Fashion-MNIST. Every row trains
+through the same Lightning Trainer as ``train.py`` (validation each epoch, no checkpoint files, no
+early stopping: exactly ``--epochs`` epochs), then reports on the official 10k test images: MSE
+per pixel, dead units (never fire on any test image), the accuracy of a linear probe on the codes
+(``LinearProbe`` + ``FeatureData``, as ``probe.yaml`` but a fixed ``--probe-epochs``), and the
+fit time. The raw-pixel probe is the first line, as the baseline.
+
+(2) Speed: the default model trained ``--speed-epochs`` epochs with the sparse kernels and with
+the dense reference path (same math), side by side, reporting the fit wall time (train +
+validation + Lightning overhead) and the projected time of 30 epochs.
+
+Timings share the machine with whatever else runs; the load average is printed with the table.
+Results are written to ``--out`` (JSON and Markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+
+from common.io import atomic_write_json, atomic_write_text  # noqa: E402
+from datamodules.fashion_mnist import FashionMNISTDataModule  # noqa: E402
+from lightning_modules.ksparse_autoencoder import KSparseAutoencoder  # noqa: E402
+from lightning_modules.linear_probe import FeatureData, LinearProbe  # noqa: E402
+
+PLAIN = dict(unit_norm_decoder=False, tied_init=False, pre_bias=False, k_aux=0, k_start=None,
+             k_anneal_epochs=0, revive_bias_step=0.0, lr_final_fraction=1.0)
+CURES = {
+    "+ unit-norm decoder": dict(unit_norm_decoder=True),
+    "+ tied init": dict(tied_init=True),
+    "+ pre-bias (data mean)": dict(pre_bias=True),
+    "+ AuxK": dict(k_aux=392, dead_window=5000),
+    "+ k schedule 150→50": dict(k_start=150, k_anneal_epochs=10),
+    "+ revive bias": dict(revive_bias_step=1e-3, dead_window=1000),
+    "+ cosine lr": dict(lr_final_fraction=0.0),
+}
+ROW_KEYS = {"plain": "plain", "unit_norm": "+ unit-norm decoder", "tied": "+ tied init",
+            "pre_bias": "+ pre-bias (data mean)", "auxk": "+ AuxK", "k_schedule": "+ k schedule 150→50",
+            "revive": "+ revive bias", "cosine": "+ cosine lr", "default": "default (ksae.yaml)"}
+
+
+def default_model_args() -> dict:
+    """The model options of configs/fashion_mnist/ksae.yaml (the chosen default)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs/fashion_mnist/ksae.yaml").read_text())
+    return dict(config["model"]["init_args"])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=30, help="training epochs per ablation row")
+    p.add_argument("--quick", action="store_true", help="2 epochs on a 10,000-image subset")
+    p.add_argument("--rows", nargs="*", default=list(ROW_KEYS), choices=list(ROW_KEYS),
+                   help="ablation rows to run")
+    p.add_argument("--probe-epochs", type=int, default=20, help="linear-probe epochs per row")
+    p.add_argument("--speed-epochs", type=int, default=None,
+                   help="epochs of the sparse-vs-dense speed rows (default: --epochs)")
+    p.add_argument("--speed-only", action="store_true", help="skip the ablation table")
+    p.add_argument("--no-speed", action="store_true", help="skip the speed rows")
+    p.add_argument("--train-subset", type=int, default=None, help="train on this many images")
+    p.add_argument("--data-dir", default=str(ROOT / "data"))
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench_ksae"), help="folder for the results")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs = min(args.epochs, 2)
+        args.train_subset = args.train_subset or 10_000
+        args.probe_epochs = min(args.probe_epochs, 5)
+    args.speed_epochs = args.speed_epochs or args.epochs
+    return args
+
+
+class FitTimer(Callback):
+    """Wall time of the whole fit and of the training part of each epoch (seconds)."""
+
+    def __init__(self) -> None:
+        self.fit_s, self.train_epoch_s, self._t0, self._epoch = 0.0, [], 0.0, 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.train_epoch_s.append(time.perf_counter() - self._epoch)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.fit_s = time.perf_counter() - self._t0
+
+
+def trainer(epochs: int, callbacks: list[Callback]) -> L.Trainer:
+    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, deterministic=True, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     callbacks=callbacks, num_sanity_val_steps=0)
+
+
+def images(args: argparse.Namespace) -> FashionMNISTDataModule:
+    return FashionMNISTDataModule(data_dir=args.data_dir, batch_size=256, val_size=5000,
+                                  train_subset=args.train_subset, seed=0)
+
+
+def train_autoencoder(model_args: dict, epochs: int, args: argparse.Namespace) -> tuple[KSparseAutoencoder, dict]:
+    """Fit one model; returns it and {fit_s, train_s_per_epoch, test_mse, dead_units}."""
+    L.seed_everything(0, workers=True, verbose=False)
+    model = KSparseAutoencoder(**model_args)
+    data = images(args)
+    timer = FitTimer()
+    fit = trainer(epochs, [timer])
+    fit.fit(model, datamodule=data)
+    test = fit.test(model, datamodule=data, verbose=False)[0]
+    epoch_s = sorted(timer.train_epoch_s)[len(timer.train_epoch_s) // 2]
+    return model, {"fit_s": timer.fit_s, "train_s_per_epoch_median": epoch_s,
+                   "test_mse": test["test/loss"], "dead_units": int(round(model.hparams.n_units - test["test/active_units"]))}
+
+
+def probe_accuracy(encoder_state: dict | None, args: argparse.Namespace) -> float:
+    """Test accuracy of the linear probe on the codes (``None``: on raw pixels)."""
+    L.seed_everything(0, workers=True, verbose=False)
+    with tempfile.TemporaryDirectory() as folder:
+        path = None
+        if encoder_state is not None:
+            path = str(Path(folder) / "encoder.pth")
+            torch.save(encoder_state, path)
+        probe = LinearProbe(encoder_path=path)
+        data = FeatureData(images(args), batch_size=256, seed=0)
+        fit = trainer(args.probe_epochs, [])
+        fit.fit(probe, datamodule=data)
+        return float(fit.test(probe, datamodule=data, verbose=False)[0]["test/acc"])
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def ablation(args: argparse.Namespace) -> list[dict]:
+    base = {**default_model_args(), **PLAIN}
+    rows = [{"row": "raw-pixel probe (baseline)", "probe_acc": probe_accuracy(None, args)}]
+    print(f"{rows[0]['row']}: probe {100 * rows[0]['probe_acc']:.2f}%", flush=True)
+    for key in args.rows:
+        name = ROW_KEYS[key]
+        if key == "plain":
+            options = base
+        elif key == "default":
+            options = default_model_args()
+        else:
+            options = {**base, **CURES[name]}
+        model, result = train_autoencoder(options, args.epochs, args)
+        result["probe_acc"] = probe_accuracy(model.net.encoder.state_dict(), args)
+        result.update(row=name, options={k: options[k] for k in sorted(options)})
+        rows.append(result)
+        print(f"{name}: test MSE {result['test_mse']:.5f}, dead {result['dead_units']}, "
+              f"probe {100 * result['probe_acc']:.2f}%, fit {result['fit_s']:.0f} s", flush=True)
+    return rows
+
+
+def speed(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for sparse in (True, False):
+        options = {**default_model_args(), "sparse": sparse}
+        _, result = train_autoencoder(options, args.speed_epochs, args)
+        per_epoch = result["fit_s"] / args.speed_epochs
+        rows.append({"row": "sparse kernels" if sparse else "dense reference", "epochs": args.speed_epochs,
+                     "fit_s": result["fit_s"], "projected_30_epochs_s": 30 * per_epoch,
+                     "train_s_per_epoch_median": result["train_s_per_epoch_median"], "test_mse": result["test_mse"]})
+        print(f"speed, {rows[-1]['row']}: {result['fit_s']:.1f} s for {args.speed_epochs} epochs "
+              f"→ {30 * per_epoch:.0f} s per 30", flush=True)
+    return rows
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# k-sparse AE benchmark ({results['settings']})", "",
+             f"torch threads: {results['threads']}; load average at the end: {results['load_average']}", ""]
+    if results.get("ablation"):
+        lines += ["| row | test MSE/pixel | dead units (test) | probe acc % | fit s |", "|---|---|---|---|---|"]
+        for r in results["ablation"]:
+            if "test_mse" in r:
+                lines.append(f"| {r['row']} | {r['test_mse']:.5f} | {r['dead_units']} "
+                             f"({100 * r['dead_units'] / 1024:.1f}%) | {100 * r['probe_acc']:.2f} | {r['fit_s']:.0f} |")
+            else:
+                lines.append(f"| {r['row']} | | | {100 * r['probe_acc']:.2f} | |")
+        lines.append("")
+    if results.get("speed"):
+        lines += ["| training path | epochs | fit s | s per 30 epochs | train s/epoch (median) | test MSE |",
+                  "|---|---|---|---|---|---|"]
+        for r in results["speed"]:
+            lines.append(f"| {r['row']} | {r['epochs']} | {r['fit_s']:.1f} | {r['projected_30_epochs_s']:.0f} | "
+                         f"{r['train_s_per_epoch_median']:.2f} | {r['test_mse']:.5f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    settings = (f"{args.epochs} epochs, train_subset={args.train_subset}, probe {args.probe_epochs} epochs"
+                + (", quick" if args.quick else ""))
+    results = {"settings": settings, "threads": torch.get_num_threads()}
+    if not args.speed_only:
+        results["ablation"] = ablation(args)
+    if not args.no_speed:
+        results["speed"] = speed(args)
+    results["load_average"] = load_average()
+    out = Path(args.out)
+    stem = "quick" if args.quick else f"epochs{args.epochs}"
+    atomic_write_json(out / f"{stem}.json", results)
+    atomic_write_text(out / f"{stem}.md", markdown(results))
+    print(markdown(results))
+    print(f"written to {out / stem}.json / .md")
+    return results
+
+
+if __name__ == "__main__":
+    main()

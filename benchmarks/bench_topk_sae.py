@@ -1,0 +1,230 @@
+"""Speed of the TopK SAE engine against overcomplete's TopKSAE and a dense reference, same weights.
+
+    python benchmarks/bench_topk_sae.py            # d = 2048 and 1280, n = 10,000, k = 32, B = 1024
+    python benchmarks/bench_topk_sae.py --quick    # small sizes, runs in seconds
+
+Contestants run round-robin (one repeat of each in turn, so background load hits all alike), after
+warm-up; the table gives min and median over ``--repeats`` (>= 5) in milliseconds. Phases:
+forward (with autograd recording, plus the MSE), forward+backward, and the full training step
+(zero_grad, forward, backward, gradient projection, optimizer step, renormalisation). The floor
+is the encoder forward matmul alone (``addmm``), which every contestant must do.
+
+Contestants: ``ours`` (lightning_modules.components.TopKSAE + fused Adam); ``overcomplete``
+(``overcomplete.sae.TopKSAE`` + ``torch.optim.Adam`` defaults, as one would build on the library);
+``overcomplete+fused`` (the same with fused Adam, to separate the optimizer's share); ``dense``
+(plain PyTorch dense TopK SAE, autograd, default Adam). Then the USAE joint step (M = 2: every
+model encodes, every code is decoded by every decoder, loss = Σ self + 1.5 Σ cross) on
+``SAEBank`` with backend ours vs overcomplete.
+
+By default this sets ``THP_MEM_ALLOC_ENABLE=1`` before importing torch (2 MB-aligned, huge-page
+backed large allocations: fewer page faults for the 80 MB gradient tensors); ``--no-thp`` keeps
+the plain allocator. Both settings apply to every contestant alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per contestant (>= 5)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's default, all cores; 1 with --quick)")
+    p.add_argument("--no-thp", action="store_true", help="do not set THP_MEM_ALLOC_ENABLE=1")
+    p.add_argument("--skip-usae", action="store_true", help="only the single-SAE table")
+    return p.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and not ARGS.no_thp:
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_modules.components.sae_bank import SAEBank, make_adam  # noqa: E402
+from lightning_modules.components.topk_sae import TopKSAE  # noqa: E402
+
+
+class DenseTopKSAE(nn.Module):
+    """The reference: dense TopK SAE, plain autograd (same math and weights as ``TopKSAE``)."""
+
+    def __init__(self, src: TopKSAE) -> None:
+        super().__init__()
+        self.k = src.k
+        self.W_enc = nn.Parameter(src.W_enc.detach().clone())
+        self.b_enc = nn.Parameter(src.b_enc.detach().clone())
+        self.W_dec = nn.Parameter(src.W_dec.detach().clone())
+
+    def forward(self, x):
+        z = F.linear(x, self.W_enc, self.b_enc).relu()
+        vals, idx = torch.topk(z, self.k, dim=1)
+        codes = torch.zeros_like(z).scatter(1, idx, vals)
+        return codes @ self.W_dec
+
+    @torch.no_grad()
+    def before_step(self):
+        g = self.W_dec.grad
+        g -= (g * self.W_dec).sum(1, keepdim=True) * self.W_dec
+
+    @torch.no_grad()
+    def after_step(self):
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+
+
+def contestants(d: int, n: int, k: int, seed: int = 0):
+    """name -> (forward(x) -> loss, optimizer, before_step, after_step), all on the same weights."""
+    ours = TopKSAE(d, n, k, seed=seed)
+    oc = ours.to_overcomplete()
+    oc2 = ours.to_overcomplete()
+    dense = DenseTopKSAE(ours)
+
+    def ours_fwd(x):
+        return (ours.decode_topk(ours.encode_topk(x)) - x).square().mean()
+
+    def oc_fwd(model):
+        return lambda x: (model(x)[2] - x).square().mean()
+
+    def dense_fwd(x):
+        return (dense(x) - x).square().mean()
+
+    nothing = lambda: None  # noqa: E731
+    return {
+        "ours": (ours_fwd, make_adam(ours.parameters(), 1e-4), ours.remove_parallel_grad_, ours.normalize_decoder_),
+        "overcomplete": (oc_fwd(oc), torch.optim.Adam(oc.parameters(), lr=1e-4), nothing, nothing),
+        "overcomplete+fused": (oc_fwd(oc2), torch.optim.Adam(oc2.parameters(), lr=1e-4, fused=True), nothing, nothing),
+        "dense": (dense_fwd, torch.optim.Adam(dense.parameters(), lr=1e-4), dense.before_step, dense.after_step),
+    }, ours
+
+
+def phases(fwd, opt, before, after, x):
+    def forward():
+        fwd(x)
+
+    def fwd_bwd():
+        opt.zero_grad(set_to_none=True)
+        fwd(x).backward()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        fwd(x).backward()
+        before()
+        opt.step()
+        after()
+
+    return {"forward": forward, "fwd+bwd": fwd_bwd, "step": step}
+
+
+def round_robin(jobs: dict[str, callable], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Time every job once per round, ``repeats`` rounds after ``warmup`` rounds; seconds."""
+    times = {name: [] for name in jobs}
+    for r in range(warmup + repeats):
+        for name, job in jobs.items():
+            t0 = time.perf_counter()
+            job()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[name].append(dt)
+    return times
+
+
+def fmt(ts: list[float]) -> str:
+    lo, med = min(ts) * 1e3, statistics.median(ts) * 1e3
+    digits = 0 if lo >= 100 else 1 if lo >= 10 else 2
+    return f"{lo:.{digits}f} / {med:.{digits}f}"
+
+
+def bench_single(d: int, n: int, k: int, batch: int, repeats: int) -> list[str]:
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(batch, d).abs(), dim=1)
+    cs, ours = contestants(d, n, k)
+    jobs = {}
+    for name, (fwd, opt, before, after) in cs.items():
+        for phase, job in phases(fwd, opt, before, after, x).items():
+            jobs[(name, phase)] = job
+    w, b = ours.W_enc.detach(), ours.b_enc.detach()
+    jobs[("floor", "forward")] = lambda: torch.addmm(b, x, w.t())
+    times = round_robin(jobs, repeats)
+    floor = min(times[("floor", "forward")])
+    ours_step = min(times[("ours", "step")])
+    lines = [f"\n### single SAE: d={d}, n={n}, k={k}, batch={batch} (ms, min / median of {repeats})\n",
+             "| contestant | forward | fwd+bwd | full step | step vs ours | step / floor |",
+             "|---|---|---|---|---|---|"]
+    for name in cs:
+        s = min(times[(name, "step")])
+        lines.append(f"| {name} | {fmt(times[(name, 'forward')])} | {fmt(times[(name, 'fwd+bwd')])} | "
+                     f"{fmt(times[(name, 'step')])} | {s / ours_step:.2f}x | {s / floor:.2f}x |")
+    lines.append(f"| floor (encoder addmm) | {fmt(times[('floor', 'forward')])} | | | | 1.00x |")
+    return lines
+
+
+def bench_usae(dims: dict[str, int], n: int, k: int, batch: int, repeats: int) -> list[str]:
+    torch.manual_seed(0)
+    data = {name: F.normalize(torch.randn(batch, d).abs(), dim=1) for name, d in dims.items()}
+    ours = SAEBank(dims, n, k, backend="ours", seed=0)
+    ocs = []
+    for _ in range(2):
+        oc = SAEBank(dims, n, k, backend="overcomplete", seed=0)
+        for name in dims:
+            oc.saes[name].sae.load_state_dict(ours.saes[name].to_overcomplete_state_dict())
+        ocs.append(oc)
+    names = list(dims)
+
+    def step_fn(bank, opt):
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss, _ = bank.loss(data, names, "all", cross_weight=1.5)
+            loss.backward()
+            bank.before_optimizer_step()
+            opt.step()
+            bank.after_optimizer_step()
+        return step
+
+    enc = [(ours.saes[nm].b_enc.detach(), ours.saes[nm].W_enc.detach(), data[nm]) for nm in names]
+    jobs = {
+        "ours": step_fn(ours, make_adam(ours.parameters(), 1e-4)),
+        "overcomplete": step_fn(ocs[0], torch.optim.Adam(ocs[0].parameters(), lr=1e-4)),
+        "overcomplete+fused": step_fn(ocs[1], torch.optim.Adam(ocs[1].parameters(), lr=1e-4, fused=True)),
+        "floor": lambda: [torch.addmm(b, x, w.t()) for b, w, x in enc],
+    }
+    times = round_robin(jobs, repeats)
+    o, floor = min(times["ours"]), min(times["floor"])
+    lines = [f"\n### USAE joint step, M={len(dims)} ({', '.join(f'd={d}' for d in dims.values())}), n={n}, "
+             f"k={k}, batch={batch} (ms, min / median of {repeats})\n",
+             "| contestant | joint step | vs ours | / floor |", "|---|---|---|---|"]
+    for name, ts in times.items():
+        lines.append(f"| {name if name != 'floor' else 'floor (encoder addmm, all models)'} | {fmt(ts)} | "
+                     f"{min(ts) / o:.2f}x | {min(ts) / floor:.2f}x |")
+    return lines
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif args.quick:  # tiny tensors: a second thread only adds synchronisation noise
+        torch.set_num_threads(1)
+    if args.quick:
+        dims, n, k, batch, repeats = [256, 128], 1000, 8, 128, args.repeats or 5
+    else:
+        dims, n, k, batch, repeats = [2048, 1280], 10_000, 32, 1024, args.repeats or 7
+    if repeats < 5:
+        raise SystemExit("error: --repeats must be at least 5")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, fp32, CPU")
+    for d in dims:
+        print("\n".join(bench_single(d, n, k, batch, repeats)), flush=True)
+    if not args.skip_usae:
+        print("\n".join(bench_usae({"model_a": dims[0], "model_b": dims[1]}, n, k, batch, repeats)), flush=True)
+
+
+if __name__ == "__main__":
+    main(ARGS)

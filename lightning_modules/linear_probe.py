@@ -1,0 +1,211 @@
+"""``LinearProbe``: a linear classifier on frozen k-sparse codes (or on raw pixels, the baseline)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from common.errors import UserError
+from datamodules.image_datamodule import ImageDataModule, Split
+from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
+from lightning_modules.components.ksparse import TopKEncoder, _check_shapes, encoder_from_state, read_state_dict
+
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+
+def classifier_from_state(state: dict[str, Tensor], what: str, in_features: int | None = None) -> nn.Linear:
+    """An ``nn.Linear`` with the weights of ``state`` (``classifier.pth``); a ``UserError`` if they do
+    not fit (``in_features``: the code size the caller needs, checked when given)."""
+    weight = state.get("weight")
+    if weight is None or weight.dim() != 2:
+        raise UserError(f"{what} has no 2-D 'weight'; it is not a linear classifier")
+    classes, features = weight.shape
+    if in_features is not None and features != in_features:
+        raise UserError(f"{what} classifies {features} features but the codes have {in_features}; "
+                        f"use the classifier trained on this encoder")
+    _check_shapes(state, {"weight": (classes, features), "bias": (classes,)}, what)
+    linear = nn.Linear(features, classes)
+    linear.load_state_dict(state)
+    return linear
+
+
+class FeatureData(L.LightningDataModule):
+    """``(features, labels)`` loaders over the splits of an image datamodule, features computed once.
+
+    The ``LinearProbe`` sets the featurizer (its frozen encoder, or flat pixels) in its ``setup``;
+    each split is then preprocessed (``images.transform(x, train=False)``), featurized in chunks and
+    held in memory, so an epoch costs only the linear layer.
+
+    Args:
+        images: the image datamodule (dataset, split seed, preprocessing).
+        batch_size: feature rows per training step.
+        seed: seeds the per-epoch shuffling of the training features.
+        extract_batch_size: images featurized at once.
+    """
+
+    def __init__(self, images: ImageDataModule, batch_size: int = 256, seed: int = 0,
+                 extract_batch_size: int = 2048) -> None:
+        super().__init__()
+        self.images = images
+        self.batch_size = batch_size
+        self.seed = seed
+        self.extract_batch_size = extract_batch_size
+        self.featurizer: Callable[[Tensor], Tensor] | None = None
+        self._features: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.images.class_names)
+
+    def prepare_data(self) -> None:
+        self.images.prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.images.setup(stage)
+
+    def set_featurizer(self, featurizer: Callable[[Tensor], Tensor]) -> None:
+        """Use ``featurizer`` (preprocessed images (B, C, H, W) → (B, F)); a new one drops the cache."""
+        if featurizer != self.featurizer:
+            self.featurizer = featurizer
+            self._features.clear()
+
+    @torch.no_grad()
+    def features(self, split: Split, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+        """Features (N, F) on the CPU and labels (N,) of one split, computed on first use."""
+        if split not in self._features:
+            if self.featurizer is None:
+                raise UserError("FeatureData has no featurizer; train it with a LinearProbe model")
+            images, labels = self.images.split(split)
+            chunks = [self.featurizer(self.images.transform(chunk.to(device), train=False)).cpu()
+                      for chunk in images.split(self.extract_batch_size)]
+            self._features[split] = (torch.cat(chunks), labels)
+        return self._features[split]
+
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        device = self.trainer.lightning_module.device if self.trainer is not None else "cpu"
+        features, labels = self.features(split, device)
+        return in_memory_loader(InMemoryTensorDataset(features, labels), self.batch_size,
+                                shuffle=shuffle, seed=self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class LinearProbe(L.LightningModule):
+    """Cross-entropy linear classifier ``n_features → num_classes`` on frozen features.
+
+    Features are the codes of a frozen k-sparse encoder (``encoder_path``: an ``encoder.pth`` or a
+    ``KSparseAutoencoder`` checkpoint) or, with ``encoder_path: null``, the raw pixels (the baseline).
+    The data must be a ``FeatureData``: the probe hands it ``featurize`` in ``setup`` and the codes
+    of each split are extracted once, not re-encoded every epoch. Logs ``train/loss``, ``val/loss``,
+    ``val/acc``, ``test/loss``, ``test/acc`` (accuracy in [0, 1]).
+
+    Args:
+        encoder_path: frozen encoder weights, or ``None`` to probe raw pixels.
+        input_dim: pixels per image the encoder expects (checked against the loaded encoder).
+        num_classes: classes of the dataset.
+        lr: Adam learning rate.
+        weight_decay: Adam L2 penalty on the classifier.
+    """
+
+    def __init__(
+        self,
+        encoder_path: str | None = None,
+        input_dim: int = 784,
+        num_classes: int = 10,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder: TopKEncoder | None = None
+        n_features = input_dim
+        if encoder_path is not None:
+            state = read_state_dict(encoder_path, "net.encoder.", "model.encoder_path")
+            self.encoder = encoder_from_state(state, f"encoder '{encoder_path}'", input_dim)
+            self.encoder.requires_grad_(False).eval()
+            n_features = self.encoder.n_units
+        self.classifier = nn.Linear(n_features, num_classes)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        for metric in (self.train_loss, self.val_loss, self.test_loss):
+            metric.set_dtype(torch.float64)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        """Like ``nn.Module.train``, but the frozen encoder always stays in eval mode."""
+        super().train(mode)
+        if self.encoder is not None:
+            self.encoder.eval()
+        return self
+
+    @torch.no_grad()
+    def featurize(self, images: Tensor) -> Tensor:
+        """Preprocessed images (B, C, H, W) → features (B, n_features): codes, or flat pixels."""
+        x = images.flatten(1)
+        if x.shape[1] != self.hparams.input_dim:
+            raise UserError(f"images have {x.shape[1]} pixels but the probe expects "
+                            f"{self.hparams.input_dim}; check data.image_size and data.channels")
+        return x if self.encoder is None else self.encoder(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits (B, num_classes) of preprocessed images (B, C, H, W)."""
+        return self.classifier(self.featurize(images))
+
+    def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule if self._trainer is not None else None
+        if not isinstance(data, FeatureData):
+            raise UserError("LinearProbe needs data: {class_path: lightning_modules.linear_probe.FeatureData, "
+                            "init_args: {images: <image datamodule>}}; see configs/fashion_mnist/probe.yaml")
+        data.set_featurizer(self.featurize)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        features, labels = batch
+        loss = F.cross_entropy(self.classifier(features), labels)
+        self.train_loss.update(loss, weight=labels.shape[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss.compute().float(), prog_bar=True)
+        self.train_loss.reset()
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], loss: MeanMetric, acc: MulticlassAccuracy) -> None:
+        features, labels = batch
+        logits = self.classifier(features)
+        loss.update(F.cross_entropy(logits, labels, reduction="none"))
+        acc.update(logits, labels)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_loss, self.val_acc)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_loss, self.test_acc)
+
+    def _log_epoch(self, stage: str, loss: MeanMetric, acc: MulticlassAccuracy) -> None:
+        self.log(f"{stage}/loss", loss.compute().float())
+        self.log(f"{stage}/acc", acc.compute().float(), prog_bar=True)
+        loss.reset()
+        acc.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_loss, self.val_acc)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_loss, self.test_acc)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.classifier.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,96 @@
+"""Universal sparse autoencoder (USAE) over M >= 2 backbones: one TopK SAE per backbone, one
+shared latent index, trained so that any model's codes reconstruct every model's features.
+
+Thasarathan et al., ICML 2025, "Universal Sparse Autoencoders" (https://arxiv.org/abs/2502.03714).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from common.errors import UserError
+from lightning_modules.components.sae_bank import Backend
+from lightning_modules.sae_base import MultiSAESystem
+
+
+class UniversalSAE(MultiSAESystem):
+    """USAE system. Batches: ``dict[str, Tensor]``, backbone name -> (B, d_m) features, rows aligned.
+
+    Modes:
+        joint (the study's default): every step encodes every model and decodes every code into
+            every decoder; loss = Σ_i MSE_ii + cross_weight · Σ_{i≠j} MSE_ij, one Adam over all.
+        paper (Thasarathan et al. 2025): each step draws one source model i (a generator seeded
+            by (seed, global step), so every DDP rank draws the same), decodes its codes into all
+            decoders (loss = MSE_ii + cross_weight · Σ_{j≠i} MSE_ij) and steps only model i's
+            optimizer (its encoder and decoder). Every model has its own Adam and LR scheduler, and
+            all schedulers step every batch, so warm-up and decay follow the global step (the public
+            reference steps a model's scheduler only when it is drawn). Gradients are zeroed for all
+            models every step (the reference leaves undrawn models' gradients to accumulate).
+            Under DDP this mode leaves M-1 encoders unused per step: use
+            ``strategy: ddp_find_unused_parameters_true``.
+
+    Args:
+        feature_dims: backbone name -> feature dim, in model order (from the datamodule).
+        n_latents: shared dictionary size n. k: active latents per sample (k < n).
+        mode: "joint" or "paper" (see above).
+        cross_weight: weight of every cross-reconstruction MSE (study: 1.5 in joint mode).
+        lr: Adam learning rate (fused Adam where available).
+        backend: "ours" (fast sparse ``TopKSAE``) or "overcomplete" (the library's ``TopKSAE``).
+        pre_bias: learn b_dec, subtracted before encoding, initialised to the first batch's mean.
+        tied_init: initialise each encoder as its decoder's transpose.
+        aux_k: AuxK on latents dead for ``dead_window`` training samples (Gao et al. 2024); 0: off.
+        aux_coef: weight of the AuxK loss.
+        dead_window: samples without firing after which a latent counts as dead for AuxK.
+        warmup_steps: linear LR warm-up, in global steps.
+        lr_schedule: "constant" or "cosine" (to 0 at the end of training) after warm-up.
+        grad_clip: clip each stepped optimizer's gradient norm to this; None: no clipping.
+        fire_threshold: a code fires when > this (evaluation metrics).
+        check_finite: stop with a one-line error on NaN/inf in a batch (one host sync per step).
+        seed: initialisation seed (SAE m uses seed + m) and the paper-mode draw seed.
+    """
+
+    def __init__(
+        self,
+        feature_dims: dict[str, int],
+        n_latents: int = 10_000,
+        k: int = 32,
+        mode: Literal["joint", "paper"] = "joint",
+        cross_weight: float = 1.5,
+        lr: float = 1e-4,
+        backend: Backend = "ours",
+        pre_bias: bool = False,
+        tied_init: bool = True,
+        aux_k: int = 0,
+        aux_coef: float = 1.0 / 32,
+        dead_window: int = 100_000,
+        warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        grad_clip: float | None = None,
+        fire_threshold: float = 0.0,
+        check_finite: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if len(feature_dims) < 2:
+            raise UserError(f"a universal SAE needs at least 2 backbones; got {list(feature_dims)}")
+        if mode not in ("joint", "paper"):
+            raise UserError(f"mode={mode!r} is unknown; use 'joint' or 'paper'")
+        if cross_weight < 0:
+            raise UserError(f"cross_weight={cross_weight} must be >= 0")
+        super().__init__(feature_dims, n_latents, k, lr, backend, pre_bias, tied_init, aux_k, aux_coef,
+                         dead_window, warmup_steps, lr_schedule, grad_clip, fire_threshold, check_finite, seed)
+        self.save_hyperparameters()
+        self.mode = mode
+        self.cross_weight = float(cross_weight)
+        self.targets = "all"
+
+    def train_sources(self) -> list[str]:
+        if self.mode == "joint":
+            return self.model_names
+        draw = random.Random(self.hparams.seed * 1_000_003 + self.global_step).randrange(len(self.model_names))
+        return [self.model_names[draw]]
+
+    def optimizer_groups(self) -> list[list[str]]:
+        if self.mode == "joint":
+            return [self.model_names]
+        return [[name] for name in self.model_names]

@@ -1,0 +1,1 @@
+"""Test helpers shared across test files (data writers in the real on-disk formats)."""

@@ -1,0 +1,192 @@
+"""The k-sparse autoencoder: component math (no Trainer), training, determinism, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.errors import UserError
+from lightning_modules.components.ksparse import (
+    KSparseAE, TopKEncoder, decoder_from_state, encoder_from_state, read_state_dict, topk_mask)
+from lightning_modules.ksparse_autoencoder import KSparseAutoencoder
+
+
+def make_net(sparse: bool = True, **overrides) -> KSparseAE:
+    torch.manual_seed(0)
+    options = dict(input_dim=20, n_units=32, k=4, unit_norm_decoder=True, tied_init=True,
+                   pre_bias=True, sparse=sparse)
+    options.update(overrides)
+    return KSparseAE(**options)
+
+
+# ----- component math ------------------------------------------------------------------------
+
+def test_topk_keeps_exactly_k_largest_per_row():
+    torch.manual_seed(0)
+    pre = torch.randn(8, 50).abs() + 0.1
+    out = topk_mask(pre, 7)
+    assert ((out != 0).sum(1) == 7).all()
+    kept_min = out.masked_fill(out == 0, float("inf")).min(1).values
+    dropped_max = pre.masked_fill(out != 0, -float("inf")).max(1).values
+    assert (kept_min > dropped_max).all()
+
+
+def test_encoder_codes_have_at_most_k_nonzeros_and_are_nonnegative():
+    net = make_net()
+    codes = net.encode(torch.rand(16, 20))
+    assert codes.shape == (16, 32)
+    assert ((codes > 0).sum(1) <= 4).all() and (codes >= 0).all()
+    out = net(torch.rand(16, 20))
+    assert out.values.shape == out.indices.shape == (16, 4)
+
+
+def test_unit_norm_after_renormalisation_and_tied_init():
+    net = make_net()
+    assert torch.allclose(net.atoms().norm(dim=1), torch.ones(32), atol=1e-6)
+    assert torch.equal(net.encoder.weight, net.decoder.weight)  # encoder = decoderᵀ (rows = atoms)
+    assert torch.all(net.encoder.bias == 0)
+    with torch.no_grad():
+        net.decoder.weight.mul_(torch.rand(32, 1) * 5 + 0.1)
+    net.normalize_decoder()
+    assert torch.allclose(net.atoms().norm(dim=1), torch.ones(32), atol=1e-6)
+
+
+def test_pre_bias_is_tied_to_the_decoder_bias():
+    net = make_net()
+    net.init_pre_bias(torch.full((20,), 0.25))
+    assert net.encoder.pre_bias is net.decoder.bias
+    assert torch.all(net.decoder.bias == 0.25)
+    assert not isinstance(make_net(pre_bias=False).encoder.pre_bias, torch.nn.Parameter)
+
+
+def test_gradient_projection_removes_the_component_along_each_atom():
+    net = make_net()
+    x = torch.rand(16, 20)
+    F.mse_loss(net(x).recon, x).backward()
+    assert (net.decoder.weight.grad * net.decoder.weight).sum(1).abs().max() > 1e-6
+    before = net.decoder.weight.grad.clone()
+    net.project_decoder_grad()
+    grad, atoms = net.decoder.weight.grad, net.decoder.weight
+    assert (grad * atoms).sum(1).abs().max() < 1e-7
+    # what is left is the original minus its parallel part
+    parallel = atoms * (before * atoms).sum(1, keepdim=True)
+    assert torch.allclose(grad, before - parallel, atol=1e-7)
+
+
+def test_sparse_kernels_match_the_dense_reference_with_auxk():
+    net = make_net(sparse=True)
+    net.init_pre_bias(torch.rand(20))
+    ref = copy.deepcopy(net)
+    ref.sparse = False
+    x = torch.rand(16, 20)
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[::3] = True
+    for model in (net, ref):
+        out = model(x, dead=dead, k_aux=6)
+        (F.mse_loss(out.recon, x) + model.auxk_loss(x, out)).backward()
+    assert torch.allclose(net(x).recon, ref(x).recon, atol=1e-6)
+    for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+    # the dense codes of encode() reconstruct like the training path
+    assert torch.allclose(net.decode(net.encode(x)), net(x).recon, atol=1e-6)
+
+
+def test_auxk_loss_is_zero_without_dead_units_and_positive_with():
+    net = make_net()
+    x = torch.rand(16, 20)
+    assert net.auxk_loss(x, net(x, dead=torch.zeros(32, dtype=torch.bool), k_aux=4)) == 0
+    out = net(x, dead=torch.ones(32, dtype=torch.bool), k_aux=4)
+    assert out.aux_indices.shape == (16, 4) and net.auxk_loss(x, out) > 0
+
+
+def test_k_larger_than_code_size_is_a_user_error():
+    with pytest.raises(UserError, match="k=40 must be between 1 and model.n_units=32"):
+        KSparseAutoencoder(input_dim=20, n_units=32, k=40)
+    with pytest.raises(ValueError):
+        TopKEncoder(20, 8, 9)
+
+
+def test_encoder_and_decoder_load_from_state_and_reject_other_shapes(tmp_path: Path):
+    net = make_net()
+    torch.save(net.encoder.state_dict(), tmp_path / "encoder.pth")
+    state = read_state_dict(tmp_path / "encoder.pth", "net.encoder.", "encoder")
+    encoder = encoder_from_state(state, "encoder", input_dim=20)
+    x = torch.rand(4, 20)
+    assert torch.equal(encoder(x), net.encode(x))
+    assert decoder_from_state(net.decoder.state_dict(), "decoder").weight.shape == (32, 20)
+    with pytest.raises(UserError, match="encodes 20 inputs but the data has 784"):
+        encoder_from_state(state, "encoder", input_dim=784)
+    with pytest.raises(UserError, match="another model"):
+        encoder_from_state({**state, "extra": torch.zeros(1)}, "encoder")
+    with pytest.raises(UserError, match="shape"):
+        encoder_from_state({**state, "bias": torch.zeros(5)}, "encoder")
+    with pytest.raises(UserError, match="k=40"):
+        encoder_from_state({**state, "k": torch.tensor(40)}, "encoder")
+    with pytest.raises(UserError, match="does not exist"):
+        read_state_dict(tmp_path / "missing.pth", "net.encoder.", "encoder")
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="not a readable PyTorch weights file"):
+        read_state_dict(tmp_path / "junk.pth", "net.encoder.", "encoder")
+    torch.save({"state_dict": {"backbone.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match="checkpoint of another model"):
+        read_state_dict(tmp_path / "other.ckpt", "net.encoder.", "encoder")
+
+
+# ----- training through the Trainer ------------------------------------------------------------
+
+def _train(tmp_path: Path, repo_root: Path, version: str, epochs: int = 2, extra: list[str] = ()) -> dict:
+    args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/ksae.yaml",
+            "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--data.init_args.train_subset", "2048",
+            "--data.init_args.val_size", "512", "--run.root", str(tmp_path), "--run.version", version,
+            "--model.init_args.n_units", "256", "--model.init_args.k", "16", *extra]
+    done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((tmp_path / "fashion_mnist_ksae" / version / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, repo_root) -> Path:
+    root = tmp_path_factory.mktemp("ksae")
+    _train(root, repo_root, "a")
+    return root
+
+
+def test_training_reduces_loss_logs_active_units_and_exports_weights(trained: Path):
+    run = trained / "fashion_mnist_ksae" / "a"
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"train/loss", "val/loss", "val/active_units", "test/loss", "test/active_units"} <= set(header)
+    val = [float(r.split(",")[header.index("val/loss")]) for r in rows[1:]
+           if r.split(",")[header.index("val/loss")]]
+    assert len(val) == 2 and val[1] < val[0]
+    encoder = torch.load(run / "encoder.pth", weights_only=True)
+    decoder = torch.load(run / "decoder.pth", weights_only=True)
+    assert encoder["weight"].shape == (256, 784) and int(encoder["k"]) == 16
+    assert decoder["weight"].shape == (256, 784) and decoder["bias"].shape == (784,)
+    assert torch.equal(encoder["pre_bias"], decoder["bias"])
+
+
+def test_same_config_and_seed_twice_gives_the_same_numbers(trained: Path, repo_root: Path):
+    again = _train(trained, repo_root, "b")
+    first = json.loads((trained / "fashion_mnist_ksae" / "a" / "results.json").read_text())
+    assert again["test"] == first["test"]
+    a = torch.load(trained / "fashion_mnist_ksae" / "a" / "encoder.pth", weights_only=True)
+    b = torch.load(trained / "fashion_mnist_ksae" / "b" / "encoder.pth", weights_only=True)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_k_larger_than_code_size_from_the_command_line_is_one_line(tmp_path: Path, repo_root: Path):
+    args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/ksae.yaml",
+            "--model.init_args.k", "2000", "--run.root", str(tmp_path)]
+    done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "k=2000" in lines[-1] and "Traceback" not in done.stderr

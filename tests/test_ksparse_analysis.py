@@ -1,0 +1,208 @@
+"""The k-sparse study: importance, overlays, occlusion, ablation, the report, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from analysis.ksparse import (ablation_study, check_image, class_mean_codes, feature_overlay, importance,
+                              load_probed_autoencoder, occlusion_map, top_units)
+from analysis.ksparse.study import KSparseStudy
+from common.errors import UserError
+from common.run_options import WandbOptions
+from datamodules.fashion_mnist import FashionMNISTDataModule
+from lightning_modules.components.ksparse import KSparseAE
+
+N_UNITS, K = 128, 12
+
+
+def tiny_data(repo_root: Path) -> FashionMNISTDataModule:
+    return FashionMNISTDataModule(data_dir=str(repo_root / "data"), train_subset=4096, val_size=256)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, repo_root) -> tuple[Path, Path]:
+    """A tiny k-sparse AE and a probe on its codes, trained without a Trainer, saved as run folders."""
+    torch.manual_seed(0)
+    data = tiny_data(repo_root)
+    images, labels = data.split("train")
+    x = data.transform(images).flatten(1)
+    net = KSparseAE(784, N_UNITS, K, True, True, True, True)
+    net.init_pre_bias(x.mean(0))
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(4):
+        for batch in x.split(256):
+            loss = F.mse_loss(net(batch).recon, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            net.project_decoder_grad()
+            optimizer.step()
+            net.normalize_decoder()
+    with torch.no_grad():
+        codes = net.encode(x)
+    classifier = torch.nn.Linear(N_UNITS, 10)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = F.cross_entropy(classifier(codes), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    root = tmp_path_factory.mktemp("runs")
+    ksae, probe = root / "ksae", root / "probe"
+    ksae.mkdir()
+    probe.mkdir()
+    torch.save(net.encoder.state_dict(), ksae / "encoder.pth")
+    torch.save(net.decoder.state_dict(), ksae / "decoder.pth")
+    torch.save(classifier.state_dict(), probe / "classifier.pth")
+    return ksae, probe
+
+
+@pytest.fixture(scope="module")
+def model(runs):
+    return load_probed_autoencoder(*runs, input_dim=784)
+
+
+def study(repo_root: Path, runs: tuple[Path, Path], out: Path, **overrides) -> KSparseStudy:
+    options = dict(data=tiny_data(repo_root), ksae_run=str(runs[0]), probe_run=str(runs[1]),
+                   pixel_probe_run=None, output_dir=str(out), top_units=4, ablation_units=5,
+                   ablation_seeds=3, overlay_top_k=3, occlusion_window=7, occlusion_stride=7)
+    options.update(overrides)
+    return KSparseStudy(**options)
+
+
+def test_importance_matches_a_direct_numpy_computation():
+    rng = np.random.default_rng(0)
+    codes = np.maximum(rng.normal(size=(300, 20)), 0) * (rng.random((300, 20)) < 0.3)
+    labels = rng.integers(0, 4, size=300)
+    weight = rng.normal(size=(4, 20))
+    expected = np.zeros((20, 4))
+    for i in range(20):
+        for c in range(4):
+            expected[i, c] = abs(weight[c, i]) * codes[labels == c, i].mean()
+    got = importance(torch.tensor(weight), class_mean_codes(torch.tensor(codes), torch.tensor(labels), 4))
+    assert got.shape == (20, 4)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    top = top_units(got, 3)
+    np.testing.assert_array_equal(top.numpy(), np.argsort(-expected, axis=0, kind="stable")[:3].T)
+
+
+def test_overlay_picks_the_largest_logit_contributions(model, repo_root):
+    images, _ = tiny_data(repo_root).split("test")
+    overlay = feature_overlay(model, images[0, 0], top_k=5)
+    codes = model.codes(images[:1].float() / 255)[0]
+    contributions = model.classifier.weight[overlay.target] * codes
+    assert torch.allclose(overlay.contributions, contributions.sort(descending=True).values[:5])
+    assert overlay.atoms.shape == (5, 28, 28) and overlay.heatmap.shape == (28, 28)
+    expected = (overlay.contributions.view(-1, 1, 1) * overlay.atoms).sum(0)
+    assert torch.allclose(overlay.heatmap, expected)
+
+
+def test_occlusion_map_shape_and_sign(model, repo_root):
+    images, _ = tiny_data(repo_root).split("test")
+    drop = occlusion_map(model, images[0].float() / 255, window=4, stride=2)
+    assert drop.shape == (28, 28)
+    assert drop.max() > 0  # covering part of the garment lowers the predicted class's probability
+    assert torch.all(occlusion_map(model, torch.zeros(28, 28), window=4, stride=4) == 0)  # nothing to cover
+
+
+@pytest.mark.parametrize("shape", [(27, 28), (3, 28, 28), (2, 1, 28, 28), (783,)])
+def test_wrong_image_shapes_are_user_errors(model, shape):
+    with pytest.raises(UserError, match=r"the image has shape .* pass one 28×28 grey image"):
+        feature_overlay(model, torch.rand(shape), top_k=3)
+    with pytest.raises(UserError, match="the image has shape"):
+        occlusion_map(model, torch.rand(shape))
+    assert check_image(torch.rand(784), 784).shape == (1, 1, 28, 28)
+
+
+def test_ablating_top_units_hurts_more_than_random_units(model, repo_root):
+    data = tiny_data(repo_root)
+    images, labels = data.split("test")
+    x = data.transform(images)
+    codes = model.batched_codes(x)
+    train_images, train_labels = data.split("train")
+    scores = importance(model.classifier.weight,
+                        class_mean_codes(model.batched_codes(data.transform(train_images)), train_labels, 10))
+    result = ablation_study(model.classifier, codes, labels, top_units(scores, 5), [0, 1, 2], data.class_names)
+    summary = result["summary"]
+    assert summary["top_logit_drop_mean"] > summary["random_logit_drop_mean"]
+    assert summary["classes_where_top_hurts_more"] >= 8
+    assert len(result["per_class"]) == 10 and result["per_class"][0]["random"]["units"] == 5
+
+
+def test_report_files_exist_and_every_referenced_figure_exists(runs, repo_root, tmp_path):
+    out = study(repo_root, runs, tmp_path / "report").run()
+    assert out == tmp_path / "report"
+    markdown = (out / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(linked) == 6 and all((out / path).is_file() for path in linked)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(Path(p).name for p in linked)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 6
+    numbers = json.loads((out / "results.json").read_text())
+    assert numbers["n_units"] == N_UNITS and numbers["k"] == K
+    assert set(numbers["importance"]["top_units"]) == set(tiny_data(repo_root).class_names)
+    assert len(numbers["ablation"]["per_class"]) == 10
+    assert 0 < numbers["probe"]["accuracy"] <= 1 and numbers["reconstruction"]["mse_per_pixel"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no staging folder left behind
+
+
+def test_a_failing_study_leaves_the_previous_report_untouched(runs, repo_root, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("old report")
+    import analysis.ksparse.figures as figures
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(figures, "ablation_figure", broken)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        study(repo_root, runs, out).run()
+    assert (out / "report.md").read_text() == "old report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_bad_artifacts_are_user_errors_and_write_nothing(runs, repo_root, tmp_path):
+    ksae, probe = runs
+    out = tmp_path / "report"
+    with pytest.raises(UserError, match="has no encoder.pth"):
+        study(repo_root, (tmp_path, probe), out).run()
+    with pytest.raises(UserError, match="has no classifier.pth"):
+        study(repo_root, (ksae, tmp_path), out).run()
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    torch.save(torch.nn.Linear(64, 10).state_dict(), wrong / "classifier.pth")
+    with pytest.raises(UserError, match="classifies 64 features but the codes have 128"):
+        study(repo_root, (ksae, wrong), out).run()
+    with pytest.raises(UserError, match="larger than the code size"):
+        study(repo_root, runs, out, top_units=500).run()
+    assert not out.exists()
+
+
+def test_artifacts_load_with_weights_only(runs):
+    for path in (runs[0] / "encoder.pth", runs[0] / "decoder.pth", runs[1] / "classifier.pth"):
+        assert all(isinstance(v, torch.Tensor) for v in torch.load(path, weights_only=True).values())
+
+
+def test_figures_go_to_wandb_offline(runs, repo_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = study(repo_root, runs, tmp_path / "report", wandb=WandbOptions(enabled=True, mode="offline")).run()
+    logged = list((out / "wandb").glob("offline-run-*/files/media/images/figures/*.png"))
+    assert len(logged) == 6
+
+
+def test_analyze_entry_point_with_a_missing_run_is_one_line(repo_root, tmp_path):
+    args = [sys.executable, "analyze.py", "--config", "configs/fashion_mnist/analysis.yaml",
+            "--analysis.init_args.ksae_run", str(tmp_path / "none"),
+            "--analysis.init_args.output_dir", str(tmp_path / "report")]
+    done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and not (tmp_path / "report").exists()
