@@ -144,7 +144,8 @@ def test_encoder_and_decoder_load_from_state_and_reject_other_shapes(tmp_path: P
 def _train(tmp_path: Path, repo_root: Path, version: str, epochs: int = 2, extra: list[str] = ()) -> dict:
     args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/ksae.yaml",
             "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", "--data.init_args.train_subset", "2048",
+            "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
+            "--data.init_args.train_subset", "2048",
             "--data.init_args.val_size", "512", "--run.root", str(tmp_path), "--run.version", version,
             "--model.init_args.n_units", "256", "--model.init_args.k", "16", *extra]
     done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=300)
