@@ -11,14 +11,16 @@ through the same Lightning Trainer as ``train.py`` (validation each epoch, no ch
 early stopping: exactly ``--epochs`` epochs), then reports on the official 10k test images: MSE
 per pixel, dead units (never fire on any test image), the accuracy of a linear probe on the codes
 (``LinearProbe`` + ``FeatureData``, as ``probe.yaml`` but a fixed ``--probe-epochs``), and the
-fit time. The raw-pixel probe is the first line, as the baseline.
+fit time. The raw-pixel probe (row ``pixels``) is the baseline.
 
 (2) Speed: the default model trained ``--speed-epochs`` epochs with the sparse kernels and with
 the dense reference path (same math), side by side, reporting the fit wall time (train +
 validation + Lightning overhead) and the projected time of 30 epochs.
 
 Timings share the machine with whatever else runs; the load average is printed with the table.
-Results are written to ``--out`` (JSON and Markdown).
+Results are written to ``--out`` (JSON and Markdown) after every row. On a busy machine, rows can
+run in parallel processes with one thread each (``--threads 1 --rows ... --tag a``): the quality
+numbers do not depend on the thread count, the timings of such runs do.
 """
 
 from __future__ import annotations
@@ -44,19 +46,29 @@ from lightning_modules.ksparse_autoencoder import KSparseAutoencoder  # noqa: E4
 from lightning_modules.linear_probe import FeatureData, LinearProbe  # noqa: E402
 
 PLAIN = dict(unit_norm_decoder=False, tied_init=False, pre_bias=False, k_aux=0, k_start=None,
-             k_anneal_epochs=0, revive_bias_step=0.0, lr_final_fraction=1.0)
+             k_anneal_epochs=0, revive_bias_step=0.0, lr=1e-3, lr_final_fraction=1.0, lr_decay_start=0.0)
+GAO = dict(unit_norm_decoder=True, tied_init=True, pre_bias=True)  # Gao et al. 2024's recipe
 CURES = {
     "+ unit-norm decoder": dict(unit_norm_decoder=True),
     "+ tied init": dict(tied_init=True),
     "+ pre-bias (data mean)": dict(pre_bias=True),
     "+ AuxK": dict(k_aux=392, dead_window=5000),
-    "+ k schedule 150→50": dict(k_start=150, k_anneal_epochs=10),
+    "+ k schedule 100→50": dict(k_start=100, k_anneal_epochs=3),
     "+ revive bias": dict(revive_bias_step=1e-3, dead_window=1000),
-    "+ cosine lr": dict(lr_final_fraction=0.0),
+    "+ lr 2e-3, decay": dict(lr=2e-3, lr_final_fraction=0.0, lr_decay_start=0.5),
 }
-ROW_KEYS = {"plain": "plain", "unit_norm": "+ unit-norm decoder", "tied": "+ tied init",
-            "pre_bias": "+ pre-bias (data mean)", "auxk": "+ AuxK", "k_schedule": "+ k schedule 150→50",
-            "revive": "+ revive bias", "cosine": "+ cosine lr", "default": "default (ksae.yaml)"}
+ROW_KEYS = {"pixels": "raw-pixel probe (baseline)", "plain": "plain", "unit_norm": "+ unit-norm decoder",
+            "tied": "+ tied init", "pre_bias": "+ pre-bias (data mean)", "auxk": "+ AuxK",
+            "k_schedule": "+ k schedule 100→50", "revive": "+ revive bias", "lr": "+ lr 2e-3, decay",
+            "gao": "unit-norm + tied + pre-bias", "gao_auxk": "unit-norm + tied + pre-bias + AuxK",
+            "no_revive": "default without revive bias", "no_k_schedule": "default without k schedule",
+            "no_lr": "default with constant lr 1e-3",
+            "default": "default (ksae.yaml)"}
+VARIANTS = {  # rows defined from the default: option → value
+    "no_revive": dict(revive_bias_step=0.0),
+    "no_k_schedule": dict(k_start=None, k_anneal_epochs=0),
+    "no_lr": dict(lr=1e-3, lr_final_fraction=1.0),
+}
 
 
 def default_model_args() -> dict:
@@ -80,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-speed", action="store_true", help="skip the speed rows")
     p.add_argument("--train-subset", type=int, default=None, help="train on this many images")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's choice, all cores); quality numbers do not depend on it")
+    p.add_argument("--tag", default="", help="suffix of the result files (to run row subsets in parallel)")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_ksae"), help="folder for the results")
     args = p.parse_args(argv)
     if args.quick:
@@ -156,16 +171,25 @@ def load_average() -> str:
         return "n/a"
 
 
-def ablation(args: argparse.Namespace) -> list[dict]:
+def ablation(args: argparse.Namespace, save) -> list[dict]:
+    """The ablation rows; ``save(rows)`` is called after each row."""
     base = {**default_model_args(), **PLAIN}
-    rows = [{"row": "raw-pixel probe (baseline)", "probe_acc": probe_accuracy(None, args)}]
-    print(f"{rows[0]['row']}: probe {100 * rows[0]['probe_acc']:.2f}%", flush=True)
+    rows = []
     for key in args.rows:
         name = ROW_KEYS[key]
+        if key == "pixels":
+            rows.append({"row": name, "probe_acc": probe_accuracy(None, args)})
+            print(f"{name}: probe {100 * rows[-1]['probe_acc']:.2f}%", flush=True)
+            save(rows)
+            continue
         if key == "plain":
             options = base
         elif key == "default":
             options = default_model_args()
+        elif key in VARIANTS:
+            options = {**default_model_args(), **VARIANTS[key]}
+        elif key in ("gao", "gao_auxk"):
+            options = {**base, **GAO, **(CURES["+ AuxK"] if key == "gao_auxk" else {})}
         else:
             options = {**base, **CURES[name]}
         model, result = train_autoencoder(options, args.epochs, args)
@@ -174,6 +198,7 @@ def ablation(args: argparse.Namespace) -> list[dict]:
         rows.append(result)
         print(f"{name}: test MSE {result['test_mse']:.5f}, dead {result['dead_units']}, "
               f"probe {100 * result['probe_acc']:.2f}%, fit {result['fit_s']:.0f} s", flush=True)
+        save(rows)
     return rows
 
 
@@ -183,7 +208,10 @@ def speed(args: argparse.Namespace) -> list[dict]:
         options = {**default_model_args(), "sparse": sparse}
         _, result = train_autoencoder(options, args.speed_epochs, args)
         per_epoch = result["fit_s"] / args.speed_epochs
-        rows.append({"row": "sparse kernels" if sparse else "dense reference", "epochs": args.speed_epochs,
+        label = "sparse kernels" if sparse else "dense reference"
+        if args.train_subset:
+            label += f" ({args.train_subset} images)"
+        rows.append({"row": label, "epochs": args.speed_epochs,
                      "fit_s": result["fit_s"], "projected_30_epochs_s": 30 * per_epoch,
                      "train_s_per_epoch_median": result["train_s_per_epoch_median"], "test_mse": result["test_mse"]})
         print(f"speed, {rows[-1]['row']}: {result['fit_s']:.1f} s for {args.speed_epochs} epochs "
@@ -215,18 +243,26 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     settings = (f"{args.epochs} epochs, train_subset={args.train_subset}, probe {args.probe_epochs} epochs"
                 + (", quick" if args.quick else ""))
     results = {"settings": settings, "threads": torch.get_num_threads()}
-    if not args.speed_only:
-        results["ablation"] = ablation(args)
-    if not args.no_speed:
-        results["speed"] = speed(args)
-    results["load_average"] = load_average()
     out = Path(args.out)
-    stem = "quick" if args.quick else f"epochs{args.epochs}"
-    atomic_write_json(out / f"{stem}.json", results)
-    atomic_write_text(out / f"{stem}.md", markdown(results))
+    stem = ("quick" if args.quick else f"epochs{args.epochs}") + (f"-{args.tag}" if args.tag else "")
+
+    def save(rows: list[dict] | None = None, key: str = "ablation") -> None:
+        if rows is not None:
+            results[key] = rows
+        results["load_average"] = load_average()
+        atomic_write_json(out / f"{stem}.json", results)
+        atomic_write_text(out / f"{stem}.md", markdown(results))
+
+    if not args.speed_only:
+        ablation(args, save)
+    if not args.no_speed:
+        save(speed(args), "speed")
+    save()
     print(markdown(results))
     print(f"written to {out / stem}.json / .md")
     return results

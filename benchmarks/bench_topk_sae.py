@@ -4,7 +4,9 @@
     python benchmarks/bench_topk_sae.py --quick    # small sizes, runs in seconds
 
 Contestants run round-robin (one repeat of each in turn, so background load hits all alike), after
-warm-up; the table gives min and median over ``--repeats`` (>= 5) in milliseconds. Phases:
+warm-up; the table gives min and median over ``--repeats`` (>= 5) in milliseconds of wall-clock
+time, or with ``--cpu-time`` of process CPU time on one thread (the work done, which other
+processes competing for the cores do not inflate). Phases:
 forward (with autograd recording, plus the MSE), forward+backward, and the full training step
 (zero_grad, forward, backward, gradient projection, optimizer step, renormalisation). The floor
 is the encoder forward matmul alone (``addmm``), which every contestant must do.
@@ -38,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's default, all cores; 1 with --quick)")
     p.add_argument("--no-thp", action="store_true", help="do not set THP_MEM_ALLOC_ENABLE=1")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with process CPU time on 1 thread: the work each contestant does, "
+                        "unaffected by other processes competing for the cores")
     p.add_argument("--skip-usae", action="store_true", help="only the single-SAE table")
     return p.parse_args(argv)
 
@@ -124,14 +129,17 @@ def phases(fwd, opt, before, after, x):
     return {"forward": forward, "fwd+bwd": fwd_bwd, "step": step}
 
 
+CLOCK = time.perf_counter
+
+
 def round_robin(jobs: dict[str, callable], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Time every job once per round, ``repeats`` rounds after ``warmup`` rounds; seconds."""
     times = {name: [] for name in jobs}
     for r in range(warmup + repeats):
         for name, job in jobs.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             job()
-            dt = time.perf_counter() - t0
+            dt = CLOCK() - t0
             if r >= warmup:
                 times[name].append(dt)
     return times
@@ -208,6 +216,11 @@ def bench_usae(dims: dict[str, int], n: int, k: int, batch: int, repeats: int) -
 
 
 def main(args: argparse.Namespace) -> None:
+    global CLOCK
+    if args.cpu_time:  # CPU time of a multi-threaded run would count the threads' spin-waits
+        if args.threads not in (None, 1):
+            raise SystemExit("error: --cpu-time measures one thread; drop --threads")
+        args.threads, CLOCK = 1, time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     elif args.quick:  # tiny tensors: a second thread only adds synchronisation noise
@@ -219,7 +232,9 @@ def main(args: argparse.Namespace) -> None:
     if repeats < 5:
         raise SystemExit("error: --repeats must be at least 5")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, fp32, CPU")
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, fp32, CPU, "
+          f"{'process CPU time' if args.cpu_time else 'wall-clock time'}, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start")
     for d in dims:
         print("\n".join(bench_single(d, n, k, batch, repeats)), flush=True)
     if not args.skip_usae:

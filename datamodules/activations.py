@@ -92,6 +92,10 @@ class ActivationDataModule(L.LightningDataModule):
             error instead (use it to insist on the exact cache an earlier stage built).
         drop_last: drop the last incomplete training batch.
         progress: progress bars (with ETA) and one status line per cache entry on stderr.
+        compile: extract with an inductor-compiled copy of each backbone cut at its layer
+            (``features.extractor.compile_extractor``): ~1.4-1.7× faster on CPU after ~30 s of
+            compilation per backbone, so only for long CPU extractions. Not part of the cache key
+            (same features up to float rounding).
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class ActivationDataModule(L.LightningDataModule):
         rebuild: Rebuild = "auto",
         drop_last: bool = False,
         progress: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not backbones:
@@ -140,6 +145,7 @@ class ActivationDataModule(L.LightningDataModule):
         self.device = device
         self.drop_last = drop_last
         self.progress = progress
+        self.compile = compile
         self.cache = ActivationCache(cache_dir, normalization, rebuild, verbose=progress)
         self.last_build: list[EntryStatus] = []
         self._features: dict[str, dict[str, Tensor]] = {}
@@ -207,7 +213,7 @@ class ActivationDataModule(L.LightningDataModule):
         images, _ = self.images.split(split)
         return extract_features(extractor, images, self.images.transform, self.extract_batch_size,
                                 self.device, precision, progress=self.progress,
-                                desc=f"{name}/{split}")
+                                desc=f"{name}/{split}", compile=self.compile)
 
     def build_cache(self) -> list[EntryStatus]:
         """Make every (backbone, split) entry valid, extracting only what is missing or stale."""
@@ -219,7 +225,8 @@ class ActivationDataModule(L.LightningDataModule):
         images_sha = {s: tensor_sha256(*self.images.split(s)) for s in SPLITS}
         rows = {s: len(self.images.split(s)[1]) for s in SPLITS}
         info = {"dataset_hparams": json_safe(dict(getattr(self.images, "hparams", {}))),
-                "extract_batch_size": self.extract_batch_size, "device": str(resolve_device(self.device))}
+                "extract_batch_size": self.extract_batch_size, "compile": self.compile,
+                "device": str(resolve_device(self.device))}
         statuses, loaded = [], {}
         for name, spec in self.specs.items():
             key = self.cache_key(name)

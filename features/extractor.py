@@ -6,12 +6,20 @@ about 2× on CPU for ResNet50), large batches, the forward pass stopped at the f
 whole-batch preprocessing instead of per-sample PIL transforms. bf16/fp16 autocast is used only
 where the hardware has fast kernels for it (CUDA); on a CPU without AVX-512 BF16 it is several
 times slower, so ``precision: auto`` keeps fp32 there.
+
+``compile=True`` traces the backbone with torch.fx, cuts it after the feature layer (torchvision's
+``create_feature_extractor``) and compiles it with TorchInductor's weight freezing (BatchNorm
+folded into convolutions, oneDNN-prepacked weights, fused element-wise ops). Measured on 2 CPU
+cores: ResNet50 at 224×224 about 1.7× faster than eager channels-last, at 32×32 about 1.4×, after
+~25-40 s of compilation per backbone; worth it for long CPU extractions only. The last batch is
+zero-padded to full size so one compiled graph serves every batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from typing import Callable, Literal
 
 import torch
@@ -21,8 +29,8 @@ from tqdm.auto import tqdm
 from common.errors import UserError
 from lightning_modules.components.backbones import FeatureExtractor
 
-__all__ = ["FeatureExtractor", "Precision", "autocast", "extract_features", "resolve_device",
-           "resolve_precision"]
+__all__ = ["FeatureExtractor", "Precision", "autocast", "compile_extractor", "extract_features",
+           "resolve_device", "resolve_precision"]
 
 Precision = Literal["auto", "32", "bf16", "16"]
 
@@ -58,6 +66,48 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
+class _Truncated(nn.Module):
+    """An FX graph that returns ``{"features": tensor}``, as ``(B, d)``."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.graph(images)["features"].flatten(1)
+
+
+def compile_extractor(extractor: FeatureExtractor) -> Callable[[Tensor], Tensor]:
+    """``extractor`` as an inductor-compiled FX graph that stops at the feature layer (see module doc).
+
+    Falls back to ``extractor`` itself (with a warning) when the model cannot be traced. The result
+    is remembered on ``extractor``, so every split of a backbone reuses one compilation.
+    """
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    if getattr(extractor, "_compiled_forward", None) is not None:
+        return extractor._compiled_forward
+
+    backbone = extractor.backbone.eval()
+    try:
+        node = extractor._target
+        if extractor._read_input:  # "penultimate": the node that feeds the classification layer
+            graph = create_feature_extractor(backbone, [node])
+            node = next(n for n in graph.graph.nodes if n.name == node).args[0].name
+        module = _Truncated(create_feature_extractor(backbone, {node: "features"}))
+    except Exception as err:  # untraceable control flow: eager is still correct
+        warnings.warn(f"cannot trace {type(backbone).__name__} for compilation ({err}); running eager")
+        return extractor
+    compiled = torch.compile(module, dynamic=False)
+
+    def run(images: Tensor) -> Tensor:
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(images)
+
+    extractor._compiled_forward = run
+    return run
+
+
 @torch.inference_mode()
 def extract_features(
     extractor: nn.Module,
@@ -69,6 +119,7 @@ def extract_features(
     channels_last: bool = True,
     progress: bool = True,
     desc: str = "extract",
+    compile: bool = False,
 ) -> Tensor:
     """Features ``(N, d)`` float32 on the CPU for uint8 images ``(N, C, H, W)``, row i = image i.
 
@@ -82,6 +133,7 @@ def extract_features(
         channels_last: NHWC weights and inputs.
         progress: a tqdm bar with images/s and ETA on stderr.
         desc: label of the bar.
+        compile: run an inductor-compiled, truncated copy of the backbone (see module doc).
     """
     if batch_size < 1:
         raise UserError(f"extract_batch_size must be at least 1, got {batch_size}")
@@ -90,6 +142,8 @@ def extract_features(
     extractor = extractor.eval().to(device)
     if channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)
+    forward = compile_extractor(extractor) if compile else extractor
+    pad, static = compile and forward is not extractor, min(batch_size, len(images))
     source = images.pin_memory() if device.type == "cuda" else images
     out: Tensor | None = None
     bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, file=sys.stderr,
@@ -100,8 +154,13 @@ def extract_features(
             x = transform(batch, train=False)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
+            rows = len(x)
+            if pad and rows < static:  # one static shape for the compiled graph
+                x = torch.cat([x, x.new_zeros((static - rows, *x.shape[1:]))])
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
-                features = extractor(x)
+                features = forward(x)[:rows]
             if out is None:
                 out = torch.empty(len(images), features.shape[1], dtype=torch.float32)
             out[start:start + len(batch)] = features.float().cpu()

@@ -21,7 +21,8 @@ class KSparseAutoencoder(L.LightningModule):
     Batches are ``(images (B, 1, 28, 28) in [0, 1], labels)``; labels are ignored. Logs
     ``train/loss`` (MSE per pixel), ``val/loss`` (MSE per pixel pooled over the split, float64),
     ``val/active_units`` (units that fire on at least one validation image), ``val/dead_fraction``,
-    the same for ``test/``, and ``train/dead_units`` (units AuxK treats as dead).
+    the same for ``test/``, and ``train/dead_units`` (units silent for ``dead_window`` training
+    samples, the ones AuxK and the bias revival act on).
 
     The dead-unit cures are options (all off = the plain model of the issue); defaults are the
     combination the ablation in ``benchmarks/bench_ksae.py`` chose.
@@ -30,9 +31,11 @@ class KSparseAutoencoder(L.LightningModule):
         input_dim: pixels per image.
         n_units: code size.
         k: units kept per sample (the target k when a k schedule is used).
-        lr: Adam learning rate.
-        lr_final_fraction: cosine decay of the learning rate over ``trainer.max_epochs`` down to
-            ``lr * lr_final_fraction`` (1.0 = constant learning rate).
+        lr: peak Adam learning rate (the issue's plain recipe: 1e-3, constant).
+        lr_final_fraction: cosine decay of the learning rate down to ``lr * lr_final_fraction`` by
+            the last step of ``trainer.max_epochs`` (1.0 = constant learning rate).
+        lr_decay_start: fraction of the steps held at ``lr`` before that decay starts (0 = decay
+            from the first step; a late start is the "warmup-stable-decay" shape).
         unit_norm_decoder: unit-norm decoder atoms, gradient component along each atom removed.
         tied_init: encoder initialised as the decoder's transpose.
         pre_bias: subtract the decoder bias (tied, initialised to the first batch's mean) before encoding.
@@ -52,17 +55,18 @@ class KSparseAutoencoder(L.LightningModule):
         input_dim: int = 784,
         n_units: int = 1024,
         k: int = 50,
-        lr: float = 1e-3,
-        lr_final_fraction: float = 1.0,
+        lr: float = 2e-3,
+        lr_final_fraction: float = 0.0,
+        lr_decay_start: float = 0.5,
         unit_norm_decoder: bool = True,
         tied_init: bool = True,
         pre_bias: bool = True,
         k_aux: int = 0,
         auxk_coef: float = 1 / 32,
-        revive_bias_step: float = 0.0,
-        dead_window: int = 100_000,
-        k_start: int | None = None,
-        k_anneal_epochs: int = 0,
+        revive_bias_step: float = 1e-3,
+        dead_window: int = 1000,
+        k_start: int | None = 100,
+        k_anneal_epochs: int = 3,
         sparse: bool = True,
     ) -> None:
         super().__init__()
@@ -70,8 +74,9 @@ class KSparseAutoencoder(L.LightningModule):
             raise UserError(f"model.k={k} must be between 1 and model.n_units={n_units}; lower k")
         if k_start is not None and not k <= k_start <= n_units:
             raise UserError(f"model.k_start={k_start} must be between k={k} and n_units={n_units}")
-        if not 0.0 <= lr_final_fraction <= 1.0:
-            raise UserError(f"model.lr_final_fraction={lr_final_fraction} must be in [0, 1]")
+        if not 0.0 <= lr_final_fraction <= 1.0 or not 0.0 <= lr_decay_start < 1.0:
+            raise UserError(f"model.lr_final_fraction={lr_final_fraction} must be in [0, 1] and "
+                            f"model.lr_decay_start={lr_decay_start} in [0, 1)")
         self.save_hyperparameters()
         self.net = KSparseAE(input_dim, n_units, k, unit_norm_decoder, tied_init, pre_bias, sparse)
         self.register_buffer("bias_initialized", torch.tensor(False))
@@ -161,13 +166,15 @@ class KSparseAutoencoder(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
-        floor = self.hparams.lr_final_fraction
+        floor, start = self.hparams.lr_final_fraction, self.hparams.lr_decay_start
         if floor >= 1.0:
             return optimizer
         total = max(1, self.trainer.estimated_stepping_batches)
+        hold = int(start * total)
 
-        def factor(step: int) -> float:  # cosine from 1 to ``floor`` over the whole run
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        def factor(step: int) -> float:  # 1 until ``hold``, then cosine from 1 to ``floor``
+            done = min(max(step - hold, 0), total - hold) / max(1, total - hold)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -241,3 +241,19 @@ def test_killed_extraction_recovers_on_next_run(tmp_path, checkpoints, repo_root
     for split in SPLITS:
         for name in ("r18", "mb"):
             assert torch.equal(dm.split_features(split)[name], clean.split_features(split)[name])
+
+
+@pytest.mark.slow
+def test_compiled_extraction_matches_eager(checkpoints):
+    """compile=True (inductor, frozen weights, zero-padded last batch) gives the eager features."""
+    from features.extractor import extract_features
+
+    images = TinyImages(n_train=24, val_size=4)
+    raw, _ = images.split("train")
+    results = {}
+    for compile in (False, True):
+        extractor = FeatureExtractor(load_backbone("resnet18", 4, checkpoints["r18"]), "penultimate")
+        results[compile] = extract_features(extractor, raw, images.transform, batch_size=8,
+                                            progress=False, compile=compile)
+    assert results[True].shape == (20, 512)  # 8 + 8 + 4 (padded to 8)
+    torch.testing.assert_close(results[True], results[False], atol=1e-4, rtol=1e-3)

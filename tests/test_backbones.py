@@ -210,3 +210,14 @@ def test_bf16_mixed_precision_and_channels_last_through_trainer(tmp_path):
     # the schedule: linear warm-up to lr, then cosine down to 0 at the end of schedule_epochs
     factors = [model.lr_factor(step, steps_per_epoch=4) for step in range(5)]  # 2 warm-up steps
     assert factors == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0], abs=1e-6)
+
+
+def test_bn_momentum_override_and_bad_hyperparameters():
+    model = BackboneClassifier(arch="mobilenet_v3_small", num_classes=3, pretrained=False, bn_momentum=0.1)
+    norms = [m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)
+    assert model.hparams.feature_layer == "classifier.2"
+    for bad, message in [({"label_smoothing": 1.0}, "label_smoothing"), ({"lr": 0.0}, "lr"),
+                         ({"bn_momentum": 0.0}, "bn_momentum"), ({"arch": "resnet5"}, "unknown model")]:
+        with pytest.raises(UserError, match=message):
+            BackboneClassifier(**{"arch": "resnet18", "num_classes": 3, "pretrained": False, **bad})

@@ -110,7 +110,8 @@ def test_occlusion_map_shape_and_sign(model, repo_root):
     drop = occlusion_map(model, images[0].float() / 255, window=4, stride=2)
     assert drop.shape == (28, 28)
     assert drop.max() > 0  # covering part of the garment lowers the predicted class's probability
-    assert torch.all(occlusion_map(model, torch.zeros(28, 28), window=4, stride=4) == 0)  # nothing to cover
+    blank = occlusion_map(model, torch.zeros(28, 28), window=4, stride=4)
+    assert blank.abs().max() < 1e-6  # nothing to cover (up to batch-size-dependent float rounding)
 
 
 @pytest.mark.parametrize("shape", [(27, 28), (3, 28, 28), (2, 1, 28, 28), (783,)])

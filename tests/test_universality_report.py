@@ -5,24 +5,22 @@ partial report)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from torch import Tensor
 
+from common.errors import run_cli
 from datamodules.batch_transform import BatchTransform
 from datamodules.image_datamodule import ImageDataModule
-
-from common.errors import UserError, run_cli
 from helpers.tiny_images import save_random_backbone
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -72,7 +70,8 @@ def _data(tmp: Path, backbones: dict[str, str], n_test: int = 96) -> dict:
 def _train(root: Path, name: str, model: dict, data: dict) -> Path:
     import train
 
-    config = {"seed_everything": 0, "run": {"root": str(root), "name": name, "version": "main"},
+    config = {"seed_everything": 0,
+              "run": {"root": str(root), "name": name, "version": "main", "test_after_fit": False},
               "model": model, "data": data,
               "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 8, "enable_progress_bar": False,
                           "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 1,
@@ -125,8 +124,8 @@ def count_loaded_images(html: Path, tmp: Path) -> tuple[int, int]:
     shutil.copytree(html.parent, copy)
     page = copy / html.name
     script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
-              "document.body.setAttribute('data-loaded',i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length);});"
-              "</script></body>")
+              "const ok=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
+              "document.body.setAttribute('data-loaded',ok+'/'+i.length);});</script></body>")
     page.write_text(page.read_text(encoding="utf-8").replace("</body>", script), encoding="utf-8")
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -150,8 +149,6 @@ def test_report_end_to_end(runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "report"
     assert analyze.main(analysis_args(runs, out, "--analysis.init_args.feature_indices", "[0, 63]")) == out
-    if os.environ.get("KEEP_REPORT"):
-        shutil.copytree(out, os.environ["KEEP_REPORT"], dirs_exist_ok=True)
     report = json.loads((out / "report.json").read_text())
     assert sorted(report["setup"]["models"]) == sorted(BACKBONES) and report["setup"]["n_images"] == 96
     for kind in ("usae", "independent"):
@@ -160,6 +157,10 @@ def test_report_end_to_end(runs, tmp_path, monkeypatch):
         ent = report["systems"][kind]["entropy"]
         assert sum(ent["hist_counts"]) == ent["n_alive"] == N_LATENTS - ent["n_dead"]
     assert report["visualised"]["groups"]["requested"] == [0, 63]
+    with np.load(out / "act_max_images.npz") as saved:
+        latents = report["visualised"]["latents"]
+        assert saved["latents"].tolist() == latents
+        assert all(saved[m].shape == (len(latents), 1, 32, 32) for m in BACKBONES)
     assert report["headline"]["usae"]["act_max_share_raised"] > 0.5
     assert all(ord(c) < 128 or c.isprintable() for c in (out / "index.html").read_text())
     figures = set(report["figures"])
@@ -173,29 +174,48 @@ def test_report_end_to_end(runs, tmp_path, monkeypatch):
         assert loaded == total == len(figures)
 
 
-def test_rerun_replaces_the_report_atomically(runs, tmp_path):
+def test_rerun_replaces_the_report_atomically_and_a_failure_keeps_the_old_one(runs, tmp_path, monkeypatch):
     import analyze
+    import analysis.universality.study as study
 
     out = tmp_path / "report"
     out.mkdir()
     (out / "stale.txt").write_text("old")
     analyze.main(analysis_args(runs, out, "--analysis.init_args.n_features", "0"))
     assert (out / "report.json").is_file() and not (out / "stale.txt").exists()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed half-way")
+
+    monkeypatch.setattr(study, "stats_figure", broken)  # fails after codes, R², entropy figures are written
+    with pytest.raises(RuntimeError, match="half-way"):
+        analyze.main(analysis_args(runs, out, "--analysis.init_args.n_features", "0"))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert not [p for p in tmp_path.glob(".report.*")]
 
 
-def test_wandb_offline_gets_figures_and_tables(runs, tmp_path, monkeypatch):
+def test_data_section_instead_of_train_config_and_wandb_offline(runs, tmp_path, monkeypatch):
+    """The datamodule given as a nested class_path in the analysis YAML; figures and tables to W&B."""
     import analyze
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "report"
-    analyze.main(analysis_args(runs, out, "--analysis.init_args.n_features", "0",
-                               "--analysis.init_args.wandb.enabled", "true"))
+    data = yaml.safe_load((runs["usae"] / "config.yaml").read_text())["data"]
+    config = {"analysis": {"class_path": "analysis.universality.study.UniversalityStudy", "init_args": {
+        "usae_checkpoint": str(runs["usae"] / "checkpoints" / "last.ckpt"),
+        "independent_checkpoint": str(runs["independent"] / "checkpoints" / "last.ckpt"),
+        "output_dir": str(out), "data": data, "n_features": 0, "wandb": {"enabled": True, "mode": "offline"}}}}
+    path = tmp_path / "analysis.yaml"
+    path.write_text(yaml.safe_dump(config))
+    analyze.main(["--config", str(path)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["train_config"] is None and report["config"]["data"] == "ActivationDataModule"
     runs_dir = list((tmp_path / "wandb").glob("**/offline-run-*"))
     assert len(runs_dir) == 1
     logged = list(runs_dir[0].glob("**/media/images/**/*.png"))
     tables = list(runs_dir[0].glob("**/media/table/**/*.json"))
-    assert len(logged) == len(json.loads((out / "report.json").read_text())["figures"]) and len(tables) == 3
+    assert len(logged) == len(report["figures"]) and len(tables) == 3
 
 
 @pytest.mark.parametrize("case", ["other_backbones", "swapped_cache", "swapped_systems", "index_out_of_range",
@@ -212,10 +232,7 @@ def test_bad_input_one_line_error_and_no_report(runs, tmp_path, capsys, case):
         "index_out_of_range": ["--analysis.init_args.feature_indices", "[3, 64]"],
         "empty_split": ["--analysis.init_args.train_config", str(_empty_split_config(runs, tmp_path))],
     }[case]
-    with pytest.raises(UserError):
-        analyze.main(analysis_args(runs, out, *extra))
-    _no_leftovers(out)
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info:  # a UserError, turned into one line and exit code 2
         run_cli(lambda: analyze.main(analysis_args(runs, out, *extra)))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -55,15 +55,18 @@ def importance_heatmap(scores: Tensor, units: Tensor, class_names: Sequence[str]
     return fig
 
 
-def overlay_figure(overlays: Sequence[Overlay], class_names: Sequence[str]) -> Figure:
-    """One row per image: the image, its evidence heatmap over it, then the top units' atoms."""
+def overlay_figure(overlays: Sequence[Overlay], class_names: Sequence[str],
+                   labels: Sequence[int] | None = None) -> Figure:
+    """One row per image: the image, its evidence heatmap over it, then the top units' atoms
+    (``labels``: true classes, shown beside the explained class when given)."""
     k = max(len(o.units) for o in overlays)
     fig = Figure(figsize=(1.35 * (k + 2) + 0.5, 1.55 * len(overlays)), layout="constrained")
     axes = fig.subplots(len(overlays), k + 2, squeeze=False)
-    for row, overlay in zip(axes, overlays):
+    for r, (row, overlay) in enumerate(zip(axes, overlays)):
         image = overlay.image.numpy()
         row[0].imshow(image, cmap="gray_r")
-        row[0].set_title(f"pred {class_names[overlay.target]}", fontsize=7)
+        shown = class_names[overlay.target]
+        row[0].set_title(shown if labels is None else f"{class_names[labels[r]]} → {shown}", fontsize=7)
         row[1].imshow(image, cmap="gray_r")
         limit = float(np.abs(overlay.heatmap.numpy()).max()) or 1.0
         row[1].imshow(overlay.heatmap.numpy(), cmap=DIVERGING, vmin=-limit, vmax=limit, alpha=0.65)
@@ -82,19 +85,21 @@ def overlay_figure(overlays: Sequence[Overlay], class_names: Sequence[str]) -> F
 
 
 def occlusion_figure(images: Sequence[Tensor], maps: Sequence[Tensor], targets: Sequence[int],
-                     class_names: Sequence[str], what: str) -> Figure:
-    """Each image beside its occlusion map (how much ``what`` drops when that area is covered)."""
+                     class_names: Sequence[str], what: str, labels: Sequence[int] | None = None) -> Figure:
+    """Each image over its occlusion map (how much ``what`` of the predicted class ``targets``
+    drops when that area is covered); ``labels``: true classes, shown when given."""
     n = len(images)
     fig = Figure(figsize=(1.5 * n + 0.6, 3.4), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False)
     for j, (image, drop, target) in enumerate(zip(images, maps, targets)):
         axes[0, j].imshow(image.reshape(drop.shape).numpy(), cmap="gray_r")
-        axes[0, j].set_title(class_names[target], fontsize=7)
+        title = class_names[target] if labels is None else f"{class_names[labels[j]]} → {class_names[target]}"
+        axes[0, j].set_title(title, fontsize=7)
         _symmetric(axes[1, j], drop.numpy())
         _clean(axes[0, j])
         _clean(axes[1, j])
     fig.suptitle(f"Occlusion (captum): drop of the predicted class {what} when a patch covers the pixel "
-                 f"(red = the prediction relies on it)", fontsize=8)
+                 f"(red = the prediction relies on it); titles: label → prediction", fontsize=8)
     return fig
 
 
@@ -107,7 +112,7 @@ def ablation_figure(result: dict) -> Figure:
     axes = fig.subplots(1, 2)
     base = result["baseline"]["class_accuracy"]
     panels = [("logit_drop", "class-c logit drop", lambda e, k: e["top"][k], lambda e, k: e["random"][f"{k}_mean"]),
-              ("class_accuracy", "class-c accuracy drop", lambda e, k: base[e["class"]] - e["top"][k],
+              ("class_accuracy", "class-c accuracy drop (fraction)", lambda e, k: base[e["class"]] - e["top"][k],
                lambda e, k: base[e["class"]] - e["random"][f"{k}_mean"])]
     for ax, (key, label, top_value, random_value) in zip(axes, panels):
         ax.bar(x - 0.2, [top_value(e, key) for e in per_class], 0.4, label="top units")

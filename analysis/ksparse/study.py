@@ -153,9 +153,9 @@ class KSparseStudy(Analysis):
                 x[examples, 0], recon[examples].reshape(-1, side, side), [names[c] for c in range(classes)]),
             "atoms": figures.atom_grid(atoms, shown, shown_scores, names),
             "importance": figures.importance_heatmap(scores.float(), shown, names),
-            "overlays": figures.overlay_figure(overlays, names),
+            "overlays": figures.overlay_figure(overlays, names, [int(y[i]) for i in examples]),
             "occlusion": figures.occlusion_figure([x[i, 0] for i in examples], occlusions, targets, names,
-                                                  self.occlusion["output"]),
+                                                  self.occlusion["output"], [int(y[i]) for i in examples]),
             "ablation": figures.ablation_figure(ablation),
         }
         return numbers, figs
@@ -233,8 +233,8 @@ def _summary_lines(numbers: dict) -> list[str]:
         + (f" (raw-pixel probe: {100 * baseline:.2f}%)." if baseline is not None else "."),
         f"- Ablation ({numbers['ablation']['units_per_class']} units per class): class-logit drop "
         f"{abl['top_logit_drop_mean']:.3f} for the top units vs {abl['random_logit_drop_mean']:.3f} for "
-        f"random firing units; class-accuracy drop {100 * abl['top_class_accuracy_drop_mean']:.1f} vs "
-        f"{100 * abl['random_class_accuracy_drop_mean']:.1f} points; top units hurt more in "
+        f"random firing units; class-accuracy drop {100 * abl['top_class_accuracy_drop_mean'] + 0.0:.1f} vs "
+        f"{100 * abl['random_class_accuracy_drop_mean'] + 0.0:.1f} points; top units hurt more in "
         f"{abl['classes_where_top_hurts_more']} of {abl['classes']} classes.",
     ]
 

@@ -109,8 +109,8 @@ class PairCorrelation:
             "null_random_pairs": distribution(self.null_random_pairs),
             "null_shuffled_images": distribution(self.null_shuffled_images),
             "top_same_index": self.top(top),
-            "top_matched": [{"latent_a": int(r), "latent_b": int(c), "r": float(v)} for r, c, v in
-                            sorted(zip(self.matched_rows, self.matched_cols, self.matched_r), key=lambda t: -t[2])[:top]],
+            "top_matched": [{"latent_a": int(self.matched_rows[i]), "latent_b": int(self.matched_cols[i]),
+                             "r": float(self.matched_r[i])} for i in np.argsort(-self.matched_r, kind="stable")[:top]],
             "per_latent": {"same_index": self.same_index.tolist(), "matched_rows": self.matched_rows.tolist(),
                            "matched_cols": self.matched_cols.tolist(), "matched_r": self.matched_r.tolist(),
                            "null_random_pairs": self.null_random_pairs.tolist(),

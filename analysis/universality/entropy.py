@@ -74,7 +74,7 @@ def firing_entropy(codes: SplitCodes, threshold: float, lo: float, hi: float, bi
     metric = FiringEntropy(codes.n_latents, len(codes.names), threshold)
     metric.update(codes.code_list())
     res = metric.compute()
-    entropy = res["entropy"].cpu().numpy().astype(np.float64)
+    entropy = res["entropy"].cpu().numpy().astype(np.float64) + 0.0  # + 0.0 turns -0.0 into 0.0
     dead = res["dead"].cpu().numpy().astype(bool)
     counts, edges = np.histogram(entropy[~dead], bins=bins, range=(0.0, 1.0))
     return EntropySummary(entropy, dead, counts, edges, float(lo), float(hi))

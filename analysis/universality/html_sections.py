@@ -118,8 +118,9 @@ def build_html(report: dict, figures: dict[str, str]) -> str:
     act = cfg["act_max"]
     page.paragraph(f"Top-activating {report['setup']['split']} images per latent and model (red frame: the latent "
                    f"does not fire there). Activation maximisation: {act['steps']} steps of Adam (lr {act['lr']}) "
-                   f"on the image, {act['parameterization']} parameterisation, random jitter ±{act['jitter']} px and "
-                   f"±{act['scale_jitter']:.0%} scale (Olah et al. 2017), raising the latent's pre-TopK activation "
+                   f"on the image, {act['parameterization']} parameterisation, random jitter ±{act['jitter']} px"
+                   + (f" and ±{act['scale_jitter']:.0%} scale" if act["scale_jitter"] else "")
+                   + " (Olah et al. 2017), raising the latent's pre-TopK activation "
                    "through backbone → feature layer → cache normalisation → SAE encoder, at the backbone's input "
                    f"size; all latents of a backbone in one batch. Raised for "
                    f"{_pct(report['headline']['usae'].get('act_max_share_raised'))} of the (latent, model) jobs.")

@@ -13,7 +13,7 @@ def subplots(*args, **kwargs):
     state and no backend switch (PNG output goes through Agg), so it is safe in notebooks and threads."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=kwargs.pop("figsize", None), dpi=kwargs.pop("dpi", None))
+    fig = Figure(figsize=kwargs.pop("figsize", None), dpi=kwargs.pop("dpi", None), layout=kwargs.pop("layout", None))
     return fig, fig.subplots(*args, **kwargs)
 
 

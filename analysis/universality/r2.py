@@ -69,21 +69,23 @@ def r2_numbers(r2: np.ndarray, names: list[str]) -> dict:
 
 
 def r2_figure(tables: dict[str, np.ndarray], names: list[str], path: Path) -> Path:
-    """Heat maps of the R² matrices side by side, one per system, values written in the cells."""
+    """Heat maps of the R² matrices side by side, one per system, values written in the cells
+    (colours clipped to [-1, 1]: a cross R² of -9 and of -1 both mean "useless")."""
     m = len(names)
-    fig, axes = subplots(1, len(tables), figsize=(3.2 * len(tables) + 0.9 * m, 1.0 * m + 2.0), dpi=110,
-                             squeeze=False)
-    lo = min(0.0, min(float(t.min()) for t in tables.values()))
-    for ax, (label, r2) in zip(axes[0], tables.items()):
-        im = ax.imshow(r2, vmin=lo, vmax=1.0, cmap="viridis")
-        ax.set_xticks(range(m), names, rotation=30, ha="right")
-        ax.set_yticks(range(m), names)
-        ax.set_xlabel("decoded into (decoder j)")
-        ax.set_ylabel("encoded from (encoder i)")
-        ax.set_title(label)
+    fig, axes = subplots(1, len(tables), figsize=(2.6 * len(tables) + 0.9 * m + 1.5, 0.9 * m + 2.2), dpi=110,
+                         squeeze=False, sharey=True, layout="constrained")
+    for s, (ax, (label, r2)) in enumerate(zip(axes[0], tables.items())):
+        im = ax.imshow(np.clip(r2, -1.0, 1.0), vmin=-1.0, vmax=1.0, cmap="RdYlGn")
+        ax.set_xticks(range(m), names, rotation=20, ha="right", fontsize=8)
+        ax.set_yticks(range(m), names, fontsize=8)
+        ax.set_xlabel("decoded into (decoder j)", fontsize=8)
+        if s == 0:
+            ax.set_ylabel("encoded from (encoder i)", fontsize=8)
+        ax.set_title(label, fontsize=10)
         for i in range(m):
             for j in range(m):
-                ax.text(j, i, f"{r2[i, j]:.3f}", ha="center", va="center",
-                        color="black" if r2[i, j] > 0.6 * (1 - lo) + lo else "white", fontsize=10)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="R²")
+                ax.text(j, i, f"{r2[i, j]:.3f}", ha="center", va="center", fontsize=10,
+                        fontweight="bold" if i == j else "normal",
+                        color="white" if abs(np.clip(r2[i, j], -1, 1)) > 0.7 else "black")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="R² (clipped to [-1, 1])")
     return save(fig, path)

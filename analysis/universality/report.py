@@ -27,6 +27,9 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); a report is for others to read
     except OSError as err:
         raise UserError(f"cannot write the report folder '{final}' ({err.strerror}); "
                         "set output_dir to a folder you can write to") from None

@@ -26,18 +26,19 @@ def select_latents(entropy: EntropySummary, fire_counts: np.ndarray, count: int,
 
     Args:
         entropy: the USAE's firing-entropy summary. fire_counts: (M, n) fires per model and latent.
-        min_activations: only latents firing on at least this many images (in total) are candidates.
-    Returns {"universal": highest entropy first, among latents that fire ≥ min_activations times in
-    every model, ties by most fires; "specific": H ≤ lo, most fires first, taken round-robin over
-    the model each one fires in most, so every backbone's specific latents appear}.
+        min_activations: candidates fire on at least this many images (in every model for
+            universal latents, in total for specific ones).
+    Returns {"universal": H ≥ hi, most active first (by their fires in the model where they fire
+    least: rare latents with exactly equal counts have H = 1 but say little); "specific": H ≤ lo,
+    most fires first, taken round-robin over the model each one fires in most, so every backbone's
+    specific latents appear}.
     """
     total = fire_counts.sum(0)
-    h = np.nan_to_num(entropy.entropy, nan=-1.0)
-    every = (fire_counts >= min_activations).all(0) & ~entropy.dead
-    uni = np.flatnonzero(every)
-    uni = uni[np.lexsort((-total[uni], -h[uni]))][:count].tolist()
+    least = fire_counts.min(0)
+    uni = np.flatnonzero(entropy.universal & (least >= min_activations))
+    uni = uni[np.argsort(-least[uni], kind="stable")][:count].tolist()
     spec = np.flatnonzero(entropy.specific & (total >= min_activations))
-    spec = spec[np.lexsort((-total[spec], h[spec]))]
+    spec = spec[np.argsort(-total[spec], kind="stable")]
     owner = fire_counts[:, spec].argmax(0) if spec.size else np.zeros(0, dtype=int)
     queues = [list(spec[owner == m]) for m in range(fire_counts.shape[0])]
     chosen: list[int] = []

@@ -105,7 +105,8 @@ def stats_figure(usae: FeatureStats, usae_entropy: EntropySummary, independent: 
     ax.set_title(f"USAE latents ({int(alive.sum())} alive)")
     fig.colorbar(sc, ax=ax, label="firing entropy H")
     labels, width = [], 0.2
-    for s, (sys_label, stats, ent) in enumerate([("USAE", usae, usae_entropy), ("independent", independent, independent_entropy)]):
+    systems = [("USAE", usae, usae_entropy), ("independent", independent, independent_entropy)]
+    for s, (sys_label, stats, ent) in enumerate(systems):
         shares = stats.energy_shares({"universal": ent.universal, "specific": ent.specific})
         for g, (group, color) in enumerate([("universal", "tab:green"), ("specific", "tab:orange")]):
             x = np.arange(len(stats.names)) + (2 * s + g - 1.5) * width
@@ -114,9 +115,10 @@ def stats_figure(usae: FeatureStats, usae_entropy: EntropySummary, independent: 
                    label=f"{sys_label}: {group} latents")
         labels = stats.names
     bx.set_xticks(range(len(labels)), labels)
-    bx.set_ylim(0, 1)
+    bx.set_ylim(0, 1.3)
+    bx.set_yticks(np.linspace(0, 1, 6))
     bx.set_ylabel("share of the model's code energy")
     bx.set_title("Energy in universal vs model-specific latents")
-    bx.legend(fontsize=8)
+    bx.legend(fontsize=8, ncol=2, loc="upper center")
     fig.tight_layout()
     return save(fig, path)

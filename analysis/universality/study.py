@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, Literal
 
+import numpy as np
 import torch
 from lightning import LightningDataModule
 
@@ -67,6 +68,8 @@ class UniversalityStudy(Analysis):
         n_top_images: top-activating images shown per latent and model.
         act_max: activation-maximisation settings (steps, lr, parameterization, jitter, ...).
         device: "cpu", "cuda", or "auto" (CUDA when available).
+        threads: CPU threads for torch (``torch.set_num_threads``); None keeps torch's choice. On a
+            machine shared with other jobs, 1 can be many times faster (threads wait on each other).
         seed: seeds the nulls' permutations (activation maximisation uses ``act_max.seed``).
         wandb: also send figures, tables and numbers to W&B (``enabled``, ``mode`` offline/online).
     """
@@ -91,6 +94,7 @@ class UniversalityStudy(Analysis):
         n_top_images: int = 6,
         act_max: ActMaxSettings = ActMaxSettings(),
         device: str = "cpu",
+        threads: int | None = None,
         seed: int = 0,
         wandb: WandbOptions = WandbOptions(),
     ) -> None:
@@ -106,6 +110,8 @@ class UniversalityStudy(Analysis):
             raise UserError("n_features and top_correlated must be >= 0")
         if act_max.parameterization not in ("pixel", "fourier"):
             raise UserError(f"act_max.parameterization={act_max.parameterization!r}; use 'pixel' or 'fourier'")
+        if threads is not None and threads < 1:
+            raise UserError(f"threads={threads} must be at least 1 (or null for torch's default)")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -117,7 +123,7 @@ class UniversalityStudy(Analysis):
         self.min_activations, self.top_correlated = int(min_activations), int(top_correlated)
         self.n_features, self.feature_indices = int(n_features), [int(f) for f in feature_indices or []]
         self.n_top_images, self.act_max, self.device, self.seed = int(n_top_images), act_max, device, int(seed)
-        self.wandb = wandb
+        self.wandb, self.threads = wandb, threads
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -129,6 +135,8 @@ class UniversalityStudy(Analysis):
 
     def run(self) -> Path:
         start = time.perf_counter()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         with self._timed("load"):
             systems = {"usae": inputs.load_system(self.usae_checkpoint, "usae"),
                        "independent": inputs.load_system(self.independent_checkpoint, "independent")}
@@ -143,7 +151,10 @@ class UniversalityStudy(Analysis):
         with atomic_dir(self.output_dir) as out:
             figures_dir = out / "figures"
             figures_dir.mkdir()
-            report, figures = self._analyse(systems, dm, data, names, requested, figures_dir)
+            report, figures, act = self._analyse(systems, dm, data, names, requested, figures_dir)
+            # the activation-maximisation images themselves (float in [0, 1]), for re-plotting
+            np.savez_compressed(out / "act_max_images.npz", latents=np.array(report["visualised"]["latents"]),
+                                **{m: act[m].images.numpy() for m in names})
             self.timings["total"] = time.perf_counter() - start
             report["timings_s"] = dict(self.timings)
             rel = {key: path.relative_to(out).as_posix() for key, path in figures.items()}
@@ -185,7 +196,7 @@ class UniversalityStudy(Analysis):
                                     fire_counts, figs)
         report = self._numbers(systems, data, names, r2, entropy, pairs, stats, groups, latents, tops, act,
                                fire_counts)
-        return report, figures
+        return report, figures, act
 
     def _activation_max(self, usae, dm, data, names, latents):
         """Per backbone, one batched optimisation of every chosen latent (keys (model, latent))."""
@@ -261,7 +272,8 @@ class UniversalityStudy(Analysis):
             "headline": headline,
             "headline_flat": {f"{kind}/{k}": v for kind, d in headline.items() for k, v in d.items()},
             "systems": systems_out,
-            "visualised": {"groups": groups, "top_images": {m: tops[m].numbers(latents) for m in names},
+            "visualised": {"groups": groups, "latents": latents,
+                           "top_images": {m: tops[m].numbers(latents) for m in names},
                            "activation_max": act_out,
                            "fire_counts": {m: fire_counts[j, latents].tolist() for j, m in enumerate(names)}},
         }

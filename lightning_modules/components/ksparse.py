@@ -251,7 +251,7 @@ class KSparseAE(nn.Module):
         """Remove from each atom's gradient its component along that (unit-norm) atom."""
         weight, grad = self.decoder.weight, self.decoder.weight.grad
         if grad is not None:
-            grad.sub_(weight * (grad * weight).sum(dim=1, keepdim=True))
+            grad.addcmul_(weight, torch.linalg.vecdot(grad, weight).unsqueeze(1), value=-1.0)
 
 
 def read_state_dict(path: str | Path, prefix: str, what: str) -> dict[str, Tensor]:
