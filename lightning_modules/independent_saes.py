@@ -32,6 +32,7 @@ class IndependentSAEs(MultiSAESystem):
         aux_k: int = 0,
         aux_coef: float = 1.0 / 32,
         dead_window: int = 100_000,
+        revive_bias_step: float = 0.0,
         warmup_steps: int = 0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         grad_clip: float | None = None,
@@ -40,7 +41,8 @@ class IndependentSAEs(MultiSAESystem):
         seed: int = 0,
     ) -> None:
         super().__init__(feature_dims, n_latents, k, lr, backend, pre_bias, tied_init, aux_k, aux_coef,
-                         dead_window, warmup_steps, lr_schedule, grad_clip, fire_threshold, check_finite, seed)
+                         dead_window, revive_bias_step, warmup_steps, lr_schedule, grad_clip, fire_threshold,
+                         check_finite, seed)
         self.save_hyperparameters()
         self.targets = "self"
         self.cross_weight = 0.0

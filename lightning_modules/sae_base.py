@@ -49,6 +49,7 @@ class MultiSAESystem(L.LightningModule):
         aux_k: int,
         aux_coef: float,
         dead_window: int,
+        revive_bias_step: float,
         warmup_steps: int,
         lr_schedule: Literal["constant", "cosine"],
         grad_clip: float | None,
@@ -61,7 +62,8 @@ class MultiSAESystem(L.LightningModule):
         if lr <= 0:
             raise UserError(f"lr={lr} must be positive")
         self.bank = SAEBank(feature_dims, n_latents, k, backend=backend, pre_bias=pre_bias, tied_init=tied_init,
-                            aux_k=aux_k, aux_coef=aux_coef, dead_window=dead_window, seed=seed)
+                            aux_k=aux_k, aux_coef=aux_coef, dead_window=dead_window,
+                            revive_bias_step=revive_bias_step, seed=seed)
         self.model_names = list(self.bank.names)
         dims = [self.bank.feature_dims[n] for n in self.model_names]
         self.val_metrics = UniversalityMetrics(dims, n_latents, fire_threshold)

@@ -41,7 +41,8 @@ class UniversalSAE(MultiSAESystem):
         tied_init: initialise each encoder as its decoder's transpose.
         aux_k: AuxK on latents dead for ``dead_window`` training samples (Gao et al. 2024); 0: off.
         aux_coef: weight of the AuxK loss.
-        dead_window: samples without firing after which a latent counts as dead for AuxK.
+        dead_window: samples without firing after which a latent counts as dead (AuxK, revive).
+        revive_bias_step: raise the encoder bias of dead latents by this after every step; 0: off.
         warmup_steps: linear LR warm-up, in global steps.
         lr_schedule: "constant" or "cosine" (to 0 at the end of training) after warm-up.
         grad_clip: clip each stepped optimizer's gradient norm to this; None: no clipping.
@@ -64,6 +65,7 @@ class UniversalSAE(MultiSAESystem):
         aux_k: int = 0,
         aux_coef: float = 1.0 / 32,
         dead_window: int = 100_000,
+        revive_bias_step: float = 0.0,
         warmup_steps: int = 0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         grad_clip: float | None = None,
@@ -78,7 +80,8 @@ class UniversalSAE(MultiSAESystem):
         if cross_weight < 0:
             raise UserError(f"cross_weight={cross_weight} must be >= 0")
         super().__init__(feature_dims, n_latents, k, lr, backend, pre_bias, tied_init, aux_k, aux_coef,
-                         dead_window, warmup_steps, lr_schedule, grad_clip, fire_threshold, check_finite, seed)
+                         dead_window, revive_bias_step, warmup_steps, lr_schedule, grad_clip, fire_threshold,
+                         check_finite, seed)
         self.save_hyperparameters()
         self.mode = mode
         self.cross_weight = float(cross_weight)

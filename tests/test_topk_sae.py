@@ -168,6 +168,29 @@ def test_aux_loss_reaches_only_dead_latents():
     assert sae.W_enc.grad[~dead].abs().max() == 0 and sae.W_enc.grad[dead].abs().sum() > 0
 
 
+@pytest.mark.parametrize("step", [0.0, 0.05])
+def test_revive_bias_brings_a_silenced_latent_back_only_when_on(step):
+    bank = SAEBank({"a": D}, N, K, revive_bias_step=step, dead_window=2 * B, seed=3)
+    sae = bank.saes["a"]
+    with torch.no_grad():
+        sae.b_enc[0] = -1.0  # never wins: its pre-activation is below every other latent's
+    opt = make_adam(bank.parameters(), 1e-3)
+    fired_at = None
+    for i in range(60):
+        opt.zero_grad()
+        loss, _ = bank.loss({"a": _x(seed=i)}, ["a"], "self", 0.0, training=True)
+        loss.backward()
+        opt.step()
+        bias_before = sae.b_enc[1:].detach().clone()
+        bank.after_optimizer_step()
+        # only latents silent for dead_window samples are raised, by exactly ``step``
+        dead = sae.samples_since_fired[1:] >= 2 * B
+        torch.testing.assert_close(sae.b_enc[1:].detach() - bias_before, dead.float() * step)
+        if fired_at is None and sae.samples_since_fired[0] == 0:
+            fired_at = i
+    assert (fired_at is not None) == (step > 0)
+
+
 def test_bf16_autocast_runs_and_stays_close():
     sae = TopKSAE(D, N, K, seed=7)
     x = _x()
@@ -195,6 +218,10 @@ def test_bad_sizes_and_conversions_are_user_errors():
         SAEBank({"a.b": D}, N, K)
     with pytest.raises(UserError, match="only in the 'ours' backend"):
         SAEBank({"a": D}, N, K, backend="overcomplete", aux_k=4)
+    with pytest.raises(UserError, match="only in the 'ours' backend"):
+        SAEBank({"a": D}, N, K, backend="overcomplete", revive_bias_step=1e-3)
+    with pytest.raises(UserError, match="revive_bias_step"):
+        TopKSAE(D, N, K, revive_bias_step=-1.0)
 
 
 def test_state_dict_round_trip():

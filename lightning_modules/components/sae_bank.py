@@ -25,7 +25,8 @@ class SAEBank(nn.Module):
         feature_dims: backbone name -> feature dim d_m; the order is the model order.
         n_latents, k: dictionary size and active latents per sample, shared by all SAEs.
         backend: "ours" (``TopKSAE``, sparse and fast) or "overcomplete" (the library's TopKSAE).
-        pre_bias, tied_init, aux_k, aux_coef, dead_window: ``TopKSAE`` options ("ours" only).
+        pre_bias, tied_init, aux_k, aux_coef, dead_window, revive_bias_step: ``TopKSAE`` options
+            ("ours" only).
         seed: SAE m is initialised with seed + m.
     """
 
@@ -40,6 +41,7 @@ class SAEBank(nn.Module):
         aux_k: int = 0,
         aux_coef: float = 1.0 / 32,
         dead_window: int = 100_000,
+        revive_bias_step: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -51,8 +53,9 @@ class SAEBank(nn.Module):
             check_sizes(int(dim), n_latents, k)
         if backend not in ("ours", "overcomplete"):
             raise UserError(f"backend={backend!r} is unknown; use 'ours' or 'overcomplete'")
-        if backend == "overcomplete" and (pre_bias or aux_k):
-            raise UserError("pre_bias and aux_k exist only in the 'ours' backend; turn them off for 'overcomplete'")
+        if backend == "overcomplete" and (pre_bias or aux_k or revive_bias_step):
+            raise UserError("pre_bias, aux_k and revive_bias_step exist only in the 'ours' backend; "
+                            "turn them off for 'overcomplete'")
         self.names = list(feature_dims)
         self.feature_dims = {n: int(d) for n, d in feature_dims.items()}
         self.n_latents, self.k, self.backend = int(n_latents), int(k), backend
@@ -60,7 +63,8 @@ class SAEBank(nn.Module):
         for m, (name, dim) in enumerate(self.feature_dims.items()):
             if backend == "ours":
                 saes[name] = TopKSAE(dim, n_latents, k, pre_bias=pre_bias, tied_init=tied_init,
-                                     aux_k=aux_k, aux_coef=aux_coef, dead_window=dead_window, seed=seed + m)
+                                     aux_k=aux_k, aux_coef=aux_coef, dead_window=dead_window,
+                                     revive_bias_step=revive_bias_step, seed=seed + m)
             else:
                 saes[name] = OvercompleteTopKSAE(dim, n_latents, k, seed=seed + m)
         self.saes = nn.ModuleDict(saes)
@@ -161,9 +165,11 @@ class SAEBank(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self, names: list[str] | None = None) -> None:
-        """Renormalise the dictionaries of ``names`` (default all) to unit-norm rows."""
+        """Renormalise the dictionaries of ``names`` (default all) to unit-norm rows and raise the
+        encoder bias of their dead latents (when ``revive_bias_step`` is on)."""
         for name in names or self.names:
             self.saes[name].normalize_decoder_()
+            self.saes[name].revive_dead_()
 
     @torch.no_grad()
     def init_pre_bias_(self, means: Mapping[str, torch.Tensor]) -> None:

@@ -145,7 +145,10 @@ class TopKSAE(nn.Module):
             fewer latents dead at the start; False uses ``nn.Linear``'s default init.
         aux_k: k of the AuxK loss on dead latents (Gao et al. 2024, Appendix A.2); 0 turns it off.
         aux_coef: weight of the AuxK loss in the total (Gao et al. use 1/32).
-        dead_window: a latent is dead for AuxK when it has not fired on this many training samples.
+        dead_window: a latent is dead (for AuxK and the revive bias) when it has not fired on this
+            many training samples.
+        revive_bias_step: added to the encoder bias of every dead latent after each optimizer step
+            (``revive_dead_``), so a latent that stopped winning drifts up until it wins again; 0 off.
         seed: seed of the weight initialisation; None uses the global RNG.
     """
 
@@ -159,14 +162,18 @@ class TopKSAE(nn.Module):
         aux_k: int = 0,
         aux_coef: float = 1.0 / 32,
         dead_window: int = 100_000,
+        revive_bias_step: float = 0.0,
         seed: int | None = None,
     ) -> None:
         super().__init__()
         check_sizes(input_dim, n_latents, k)
         if not 0 <= aux_k <= n_latents:
             raise UserError(f"aux_k={aux_k} must be between 0 (off) and n_latents={n_latents}")
+        if revive_bias_step < 0:
+            raise UserError(f"revive_bias_step={revive_bias_step} must be >= 0 (0 turns it off)")
         self.input_dim, self.n_latents, self.k = int(input_dim), int(n_latents), int(k)
         self.aux_k, self.aux_coef, self.dead_window = int(aux_k), float(aux_coef), int(dead_window)
+        self.revive_bias_step = float(revive_bias_step)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         w_dec = torch.randn(n_latents, input_dim, generator=gen)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
@@ -245,6 +252,17 @@ class TopKSAE(nn.Module):
     def normalize_decoder_(self) -> None:
         """Rescale every dictionary row to unit l2 norm (in place)."""
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def revive_dead_(self) -> None:
+        """Raise the encoder bias of the dead latents by ``revive_bias_step`` (no host sync).
+
+        A homeostatic firing floor, as the k-sparse autoencoder's ``raise_bias`` (adaptive
+        thresholds, Földiák 1990; "boosting" of k-winner layers, Ahmad & Scheinkman 2019).
+        """
+        if self.revive_bias_step > 0:
+            dead = self.samples_since_fired >= self.dead_window
+            self.b_enc.add_(dead.to(self.b_enc.dtype), alpha=self.revive_bias_step)
 
     @torch.no_grad()
     def init_pre_bias_(self, mean: torch.Tensor) -> None:
@@ -369,6 +387,9 @@ class OvercompleteTopKSAE(nn.Module):
         pass  # the library normalises the dictionary inside its forward
 
     def normalize_decoder_(self) -> None:
+        pass
+
+    def revive_dead_(self) -> None:
         pass
 
     def init_pre_bias_(self, mean: torch.Tensor) -> None:
