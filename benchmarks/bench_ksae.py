@@ -4,6 +4,7 @@
     python benchmarks/bench_ksae.py --quick           # 2 epochs on 10,000 images per row (minutes)
     python benchmarks/bench_ksae.py --rows plain default --epochs 30
     python benchmarks/bench_ksae.py --speed-only      # only the sparse vs dense training-speed rows
+    python benchmarks/bench_ksae.py --rows k_100_3 k_200_5 k_300_4 --no-speed   # the k-schedule sweep
 
 (1) Ablation: the plain model of the issue (nn.Linear's default init, no cure), each cure alone,
 and the default of ``configs/fashion_mnist/ksae.yaml``, on real Fashion-MNIST. Every row trains
@@ -57,17 +58,22 @@ CURES = {
     "+ revive bias": dict(revive_bias_step=1e-3, dead_window=1000),
     "+ lr 2e-3, decay": dict(lr=2e-3, lr_final_fraction=0.0, lr_decay_start=0.5),
 }
+# the k-schedule sweep (Makhzani & Frey's schedule): rows k_<start>_<epochs> = the default with that schedule
+K_SCHEDULES = [(100, 3), (200, 5), (200, 8), (200, 15), (300, 3), (300, 4), (300, 6), (400, 12), (500, 4)]
 ROW_KEYS = {"pixels": "raw-pixel probe (baseline)", "plain": "plain", "unit_norm": "+ unit-norm decoder",
             "tied": "+ tied init", "pre_bias": "+ pre-bias (data mean)", "auxk": "+ AuxK",
             "k_schedule": "+ k schedule 100→50", "revive": "+ revive bias", "lr": "+ lr 2e-3, decay",
             "gao": "unit-norm + tied + pre-bias", "gao_auxk": "unit-norm + tied + pre-bias + AuxK",
             "no_revive": "default without revive bias", "no_k_schedule": "default without k schedule",
             "no_lr": "default with constant lr 1e-3",
+            **{f"k_{start}_{epochs}": f"default with k {start}→50 over {epochs} epochs"
+               for start, epochs in K_SCHEDULES},
             "default": "default (ksae.yaml)"}
 VARIANTS = {  # rows defined from the default: option → value
     "no_revive": dict(revive_bias_step=0.0),
     "no_k_schedule": dict(k_start=None, k_anneal_epochs=0),
     "no_lr": dict(lr=1e-3, lr_final_fraction=1.0),
+    **{f"k_{start}_{epochs}": dict(k_start=start, k_anneal_epochs=epochs) for start, epochs in K_SCHEDULES},
 }
 
 
@@ -83,8 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=30, help="training epochs per ablation row")
     p.add_argument("--quick", action="store_true", help="2 epochs on a 10,000-image subset")
-    p.add_argument("--rows", nargs="*", default=list(ROW_KEYS), choices=list(ROW_KEYS),
-                   help="ablation rows to run")
+    sweep = [f"k_{start}_{epochs}" for start, epochs in K_SCHEDULES]
+    p.add_argument("--rows", nargs="*", default=[k for k in ROW_KEYS if k not in sweep], choices=list(ROW_KEYS),
+                   help="ablation rows to run (default: all but the k-schedule sweep k_<start>_<epochs>)")
     p.add_argument("--probe-epochs", type=int, default=20, help="linear-probe epochs per row")
     p.add_argument("--speed-epochs", type=int, default=None,
                    help="epochs of the sparse-vs-dense speed rows (default: --epochs)")

@@ -65,8 +65,8 @@ class KSparseAutoencoder(L.LightningModule):
         auxk_coef: float = 1 / 32,
         revive_bias_step: float = 1e-3,
         dead_window: int = 1000,
-        k_start: int | None = 100,
-        k_anneal_epochs: int = 3,
+        k_start: int | None = 300,
+        k_anneal_epochs: int = 4,
         sparse: bool = True,
     ) -> None:
         super().__init__()

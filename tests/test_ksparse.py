@@ -147,7 +147,8 @@ def _train(tmp_path: Path, repo_root: Path, version: str, epochs: int = 2, extra
             "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
             "--data.init_args.train_subset", "2048",
             "--data.init_args.val_size", "512", "--run.root", str(tmp_path), "--run.version", version,
-            "--model.init_args.n_units", "256", "--model.init_args.k", "16", *extra]
+            "--model.init_args.n_units", "256", "--model.init_args.k", "16",
+            "--model.init_args.k_start", "64", *extra]
     done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((tmp_path / "fashion_mnist_ksae" / version / "results.json").read_text())
