@@ -3,7 +3,8 @@
 #
 # The studies are file targets: each stage's output is a file, a stage runs only when its output is
 # missing or older than its inputs, and scripts/stage.py resumes an interrupted training stage from
-# its last checkpoint (or skips it when its results.json matches the config). Kill any stage and
+# its last checkpoint (or skips it when its results.json matches the config and no --after input,
+# an earlier stage's output, is newer than the run). Kill any stage and
 # run the same command again: it finishes with the numbers an unbroken run would have had.
 PYTHON ?= python3
 export PYTHONWARNINGS ?= ignore
@@ -41,7 +42,7 @@ $(KSAE): $(FM)/ksae.yaml
 	$(STAGE) --config $(FM)/ksae.yaml
 $(PROBE): $(FM)/probe.yaml $(KSAE)
 	$(call banner,linear probe on the frozen codes)
-	$(STAGE) --config $(FM)/probe.yaml
+	$(STAGE) --after=$(KSAE) --config $(FM)/probe.yaml
 $(PIXELS): $(FM)/probe.yaml $(FM)/probe_pixels.yaml
 	$(call banner,linear probe on raw pixels (baseline))
 	$(STAGE) --config $(FM)/probe.yaml --config $(FM)/probe_pixels.yaml
@@ -69,10 +70,10 @@ $(FM_CACHE): $(FM)/activations.yaml $(RESNET) $(MOBILE)
 	@touch $@
 $(USAE): $(FM_CACHE) $(FM)/usae.yaml configs/sae/usae_joint.yaml
 	$(call banner,Universal SAE)
-	$(STAGE) --config $(FM)/activations.yaml --config configs/sae/usae_joint.yaml --config $(FM)/usae.yaml
+	$(STAGE) --after=$(FM_CACHE) --config $(FM)/activations.yaml --config configs/sae/usae_joint.yaml --config $(FM)/usae.yaml
 $(INDEP): $(FM_CACHE) $(FM)/independent.yaml configs/sae/independent.yaml
 	$(call banner,independent SAEs)
-	$(STAGE) --config $(FM)/activations.yaml --config configs/sae/independent.yaml --config $(FM)/independent.yaml
+	$(STAGE) --after=$(FM_CACHE) --config $(FM)/activations.yaml --config configs/sae/independent.yaml --config $(FM)/independent.yaml
 $(UNIV_REPORT): $(FM)/analysis_universality.yaml $(USAE) $(INDEP)
 	$(call banner,universality report)
 	$(PYTHON) analyze.py --config $(FM)/analysis_universality.yaml
@@ -96,10 +97,10 @@ $(CF_CACHE): $(CF)/activations.yaml $(C_RUNS)
 	@touch $@
 $(C_USAE): $(CF_CACHE) $(CF)/usae.yaml configs/sae/usae_joint.yaml
 	$(call banner,Universal SAE)
-	$(STAGE) --config $(CF)/activations.yaml --config configs/sae/usae_joint.yaml --config $(CF)/usae.yaml $(TRAINER)
+	$(STAGE) --after=$(CF_CACHE) --config $(CF)/activations.yaml --config configs/sae/usae_joint.yaml --config $(CF)/usae.yaml $(TRAINER)
 $(C_INDEP): $(CF_CACHE) $(CF)/independent.yaml configs/sae/independent.yaml
 	$(call banner,independent SAEs)
-	$(STAGE) --config $(CF)/activations.yaml --config configs/sae/independent.yaml --config $(CF)/independent.yaml $(TRAINER)
+	$(STAGE) --after=$(CF_CACHE) --config $(CF)/activations.yaml --config configs/sae/independent.yaml --config $(CF)/independent.yaml $(TRAINER)
 $(C_REPORT): $(CF)/analysis_universality.yaml $(C_USAE) $(C_INDEP)
 	$(call banner,universality report)
 	$(PYTHON) analyze.py --config $(CF)/analysis_universality.yaml

@@ -48,6 +48,8 @@ class KSparseAutoencoder(L.LightningModule):
         k_start: Makhzani & Frey's schedule: start with this k (``None`` = no schedule) ...
         k_anneal_epochs: ... and lower it linearly to ``k`` over this many epochs.
         sparse: train through the sparse kernels (same math as the dense path, faster on CPU).
+        sparse_max_density: use them only while k (+ k_aux) is at most this share of ``n_units``;
+            denser steps (early in a k schedule) are faster as dense matmuls.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class KSparseAutoencoder(L.LightningModule):
         k_start: int | None = 300,
         k_anneal_epochs: int = 4,
         sparse: bool = True,
+        sparse_max_density: float = 0.2,
     ) -> None:
         super().__init__()
         if not 0 < k <= n_units:
@@ -77,8 +80,11 @@ class KSparseAutoencoder(L.LightningModule):
         if not 0.0 <= lr_final_fraction <= 1.0 or not 0.0 <= lr_decay_start < 1.0:
             raise UserError(f"model.lr_final_fraction={lr_final_fraction} must be in [0, 1] and "
                             f"model.lr_decay_start={lr_decay_start} in [0, 1)")
+        if not 0.0 <= sparse_max_density <= 1.0:
+            raise UserError(f"model.sparse_max_density={sparse_max_density} must be in [0, 1]")
         self.save_hyperparameters()
-        self.net = KSparseAE(input_dim, n_units, k, unit_norm_decoder, tied_init, pre_bias, sparse)
+        self.net = KSparseAE(input_dim, n_units, k, unit_norm_decoder, tied_init, pre_bias, sparse,
+                             sparse_max_density)
         self.register_buffer("bias_initialized", torch.tensor(False))
         self.register_buffer("samples_since_fired", torch.zeros(n_units, dtype=torch.long))
         self.val_mse, self.test_mse = MeanMetric(), MeanMetric()

@@ -1,10 +1,16 @@
 """Run one training stage of a pipeline: skip it when current, resume it when interrupted.
 
-    python scripts/stage.py --config configs/fashion_mnist/ksae.yaml [--config ...] [--key value ...]
+    python scripts/stage.py [--after=FILE ...] --config configs/fashion_mnist/ksae.yaml \
+        [--config ...] [--key value ...]
 
-The run folder must be pinned (``run.version``). Then:
-- ``results.json`` present and the saved ``config.yaml`` equal to the composed config → skipped;
-- a folder from a different config → moved aside to ``<folder>.stale-N`` (never deleted), fresh run;
+``--after=FILE`` names an output of an earlier stage that this one reads (the k-sparse AE's
+``results.json``, the activation cache's stamp); every other argument goes to ``train.py``. The run
+folder must be pinned (``run.version``). Then:
+- ``results.json`` present, the saved ``config.yaml`` equal to the composed config and no
+  ``--after`` file newer than that run's start (``config.yaml`` is written when a run starts or
+  resumes) → skipped;
+- a folder from a different config, or older than an ``--after`` file → moved aside to
+  ``<folder>.stale-N`` (never deleted), fresh run;
 - ``checkpoints/last.ckpt`` present → resumed from it (``--ckpt_path``), so a killed run finishes
   with the numbers an unbroken one would have had (the RNG state travels in the checkpoint);
 - otherwise a fresh run.
@@ -46,22 +52,39 @@ def run_dir_of(config: dict) -> Path:
     return Path(run["root"]) / run["name"] / str(run["version"])
 
 
-def main(args: list[str]) -> int:
+def newer_inputs(inputs: list[Path], started: Path) -> list[Path]:
+    """The ``inputs`` written after the run whose ``config.yaml`` is ``started`` began (all of them
+    when it never began); a missing input is an error, since the stage would read it."""
+    missing = [str(path) for path in inputs if not path.exists()]
+    if missing:
+        print(f"error: this stage reads {', '.join(missing)}, which does not exist; run the stage that "
+              f"writes it first (make does)", file=sys.stderr)
+        raise SystemExit(2)
+    if not started.exists():
+        return list(inputs)
+    return [path for path in inputs if path.stat().st_mtime > started.stat().st_mtime]
+
+
+def main(argv: list[str]) -> int:
+    inputs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("--after=")]
+    args = [a for a in argv if not a.startswith("--after=")]
     config = composed_config(args)
     run_dir = run_dir_of(config)
     saved = run_dir / "config.yaml"
     same = saved.exists() and comparable(yaml.safe_load(saved.read_text())) == config
+    newer = newer_inputs(inputs, saved)
     label = f"[stage {config['run']['name']}]"
-    if same and (run_dir / "results.json").exists():
+    if same and not newer and (run_dir / "results.json").exists():
         print(f"{label} up to date ({run_dir / 'results.json'}), skipped", flush=True)
         return 0
-    if run_dir.exists() and not same:
+    if run_dir.exists() and (not same or newer):
         n = 1
         while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
             n += 1
         stale = run_dir.with_name(f"{run_dir.name}.stale-{n}")
         run_dir.rename(stale)
-        print(f"{label} config changed: old run moved to {stale}", flush=True)
+        why = "config changed" if not same else f"newer input {', '.join(map(str, newer))}"
+        print(f"{label} {why}: old run moved to {stale}", flush=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     extra = ["--ckpt_path", str(last)] if last.exists() else []
     print(f"{label} {'resuming from ' + str(last) if extra else 'starting'} in {run_dir}", flush=True)

@@ -14,14 +14,15 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 from lightning_modules.components.ksparse import (
-    KSparseAE, TopKEncoder, decoder_from_state, encoder_from_state, read_state_dict, topk_mask)
+    KSparseAE, TopKEncoder, _GatheredLinear, decoder_from_state, encoder_from_state, read_state_dict,
+    topk_mask)
 from lightning_modules.ksparse_autoencoder import KSparseAutoencoder
 
 
 def make_net(sparse: bool = True, **overrides) -> KSparseAE:
     torch.manual_seed(0)
     options = dict(input_dim=20, n_units=32, k=4, unit_norm_decoder=True, tied_init=True,
-                   pre_bias=True, sparse=sparse)
+                   pre_bias=True, sparse=sparse, sparse_max_density=1.0)
     options.update(overrides)
     return KSparseAE(**options)
 
@@ -96,6 +97,20 @@ def test_sparse_kernels_match_the_dense_reference_with_auxk():
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
     # the dense codes of encode() reconstruct like the training path
     assert torch.allclose(net.decode(net.encode(x)), net(x).recon, atol=1e-6)
+
+
+def test_dense_steps_leave_the_sparse_kernels(monkeypatch):
+    """Above ``sparse_max_density`` a step takes the dense path: same numbers, no sparse kernel."""
+    calls = []
+    original = _GatheredLinear.apply
+    monkeypatch.setattr(_GatheredLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    net = make_net(sparse=True, sparse_max_density=0.25)  # 8 of 32 units
+    ref = make_net(sparse=False)
+    x = torch.rand(16, 20)
+    assert torch.allclose(net(x, k=8).recon, ref(x, k=8).recon, atol=1e-6) and len(calls) == 1
+    net(x, k=9)
+    net(x, k=4, dead=torch.ones(32, dtype=torch.bool), k_aux=6)  # 4 + 6 AuxK units > 8
+    assert len(calls) == 1
 
 
 def test_auxk_loss_is_zero_without_dead_units_and_positive_with():

@@ -33,6 +33,27 @@ def test_stage_needs_a_fixed_run_folder(tmp_path, fashion_data_dir):
     assert result.returncode == 2 and "set run.version" in result.stderr
 
 
+def test_stage_reruns_when_an_earlier_stage_wrote_its_input_again(tmp_path, fashion_data_dir):
+    upstream = tmp_path / "upstream" / "results.json"
+    upstream.parent.mkdir()
+    upstream.write_text("{}")
+    args = [*stage_args(tmp_path, fashion_data_dir, "main", epochs=1), f"--after={upstream}"]
+    first = run(args)
+    assert first.returncode == 0 and "starting" in first.stdout, first.stderr[-3000:]
+    assert "up to date" in run(args).stdout
+
+    later = time.time() + 5  # the earlier stage ran again and rewrote its output
+    os.utime(upstream, (later, later))
+    rerun = run(args)
+    assert rerun.returncode == 0 and "newer input" in rerun.stdout, rerun.stderr[-3000:]
+    assert (tmp_path / "fashion_mnist_ksae/main.stale-1/results.json").exists()
+    assert (tmp_path / "fashion_mnist_ksae/main/results.json").exists()
+
+    missing = run([*args[:-1], f"--after={tmp_path / 'nothing.json'}"])
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / "fashion_mnist_ksae/main.stale-2").exists()
+
+
 @pytest.mark.slow
 def test_killed_stage_resumes_to_the_same_numbers(tmp_path, fashion_data_dir):
     whole = run(stage_args(tmp_path, fashion_data_dir, "whole"))

@@ -181,15 +181,19 @@ class KSparseAE(nn.Module):
         pre_bias: subtract the decoder bias before encoding (tied; set it to the data mean with
             ``init_pre_bias``).
         sparse: train through the sparse kernels (same numbers as the dense reference, faster).
+        sparse_max_density: ... but only while at most this share of the units is selected per
+            sample (k + AuxK units over n_units); above it dense matmuls are faster (at 784 → 1024,
+            batch 256 on 2 CPU cores the crossover is k ≈ 250: ``benchmarks/bench_ksae_step.py``).
     """
 
     def __init__(self, input_dim: int, n_units: int, k: int, unit_norm_decoder: bool,
-                 tied_init: bool, pre_bias: bool, sparse: bool) -> None:
+                 tied_init: bool, pre_bias: bool, sparse: bool, sparse_max_density: float) -> None:
         super().__init__()
         if not 0 < k <= n_units:
             raise ValueError(f"k must be in [1, n_units={n_units}], got {k}")
         self.input_dim, self.n_units, self.k = input_dim, n_units, k
         self.unit_norm_decoder, self.sparse = unit_norm_decoder, sparse
+        self.sparse_max_density = sparse_max_density
         self.decoder = Decoder(input_dim, n_units)
         self.encoder = TopKEncoder(input_dim, n_units, k, self.decoder.bias if pre_bias else None)
         if unit_norm_decoder:
@@ -215,10 +219,15 @@ class KSparseAE(nn.Module):
     def forward(self, x: Tensor, k: int | None = None, dead: Tensor | None = None,
                 k_aux: int = 0) -> KSparseOutput:
         """Training forward for images (B, ...); ``dead`` (bool, n_units) + ``k_aux`` add AuxK units."""
-        values, indices, aux_values, aux_indices = self.encoder.select(
-            x, self.k if k is None else k, dead, k_aux, self.sparse)
-        recon = self.decoder.decode_sparse(values, indices, sparse=self.sparse)
+        k = self.k if k is None else k
+        sparse = self.use_sparse(k + (k_aux if dead is not None else 0))
+        values, indices, aux_values, aux_indices = self.encoder.select(x, k, dead, k_aux, sparse)
+        recon = self.decoder.decode_sparse(values, indices, sparse=sparse)
         return KSparseOutput(values, indices, recon, aux_values, aux_indices)
+
+    def use_sparse(self, selected: int) -> bool:
+        """Whether a step that selects ``selected`` units per sample takes the sparse kernels."""
+        return self.sparse and selected <= self.sparse_max_density * self.n_units
 
     def auxk_loss(self, x: Tensor, out: KSparseOutput) -> Tensor:
         """AuxK (Gao et al. 2024, §A.2): the top dead units must reconstruct the detached residual;
@@ -226,7 +235,8 @@ class KSparseAE(nn.Module):
         if out.aux_values is None:
             return out.recon.new_zeros(())
         residual = (x.flatten(1) - out.recon).detach()
-        aux = self.decoder.decode_sparse(out.aux_values, out.aux_indices, bias=False, sparse=self.sparse)
+        aux = self.decoder.decode_sparse(out.aux_values, out.aux_indices, bias=False,
+                                         sparse=self.use_sparse(out.values.shape[1] + out.aux_values.shape[1]))
         return (aux - residual).pow(2).mean() / residual.pow(2).mean().clamp_min(1e-12)
 
     @torch.no_grad()

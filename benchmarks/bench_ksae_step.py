@@ -1,0 +1,78 @@
+"""One k-sparse AE training step, sparse kernels vs dense matmuls, across k (issue 3's speed).
+
+    python benchmarks/bench_ksae_step.py            # 784 → 1024, batch 256, k = 50 ... 300
+    python benchmarks/bench_ksae_step.py --quick    # fewer repeats (seconds)
+
+A step is what ``KSparseAutoencoder`` does per batch: forward (encode, top-k, decode), MSE,
+backward, decoder-gradient projection, fused Adam, renormalisation. Both paths start from the same
+weights and run round-robin (one repeat of each in turn); the table gives the median in ms and
+dense/sparse. Where the ratio drops below 1 the dense path is faster: that crossover is what
+``sparse_max_density`` in ``configs/fashion_mnist/ksae.yaml`` encodes (early epochs of a k schedule
+select many units per sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from lightning_modules.components.ksparse import KSparseAE  # noqa: E402
+
+
+def make_step(net: KSparseAE, x: torch.Tensor, k: int):
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+
+    def step() -> None:
+        out = net(x, k=k)
+        loss = F.mse_loss(out.recon, x)
+        optimizer.zero_grad()
+        loss.backward()
+        net.project_decoder_grad()
+        optimizer.step()
+        net.normalize_decoder()
+
+    return step
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ks", type=int, nargs="*", default=[50, 100, 150, 200, 250, 300])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--n-units", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--quick", action="store_true", help="5 repeats")
+    args = p.parse_args(argv)
+    repeats = 5 if args.quick else args.repeats
+    torch.manual_seed(0)
+    x = torch.rand(args.batch_size, 784)
+    print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, 784 → {args.n_units}")
+    print("| k | density | sparse ms | dense ms | dense / sparse |\n|---|---|---|---|---|")
+    for k in args.ks:
+        base = KSparseAE(784, args.n_units, k, True, True, True, sparse=True, sparse_max_density=1.0)
+        dense = copy.deepcopy(base)
+        dense.sparse = False
+        steps = {"sparse": make_step(base, x, k), "dense": make_step(dense, x, k)}
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(3):  # warm-up
+            for step in steps.values():
+                step()
+        for _ in range(repeats):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+        s, d = (1e3 * statistics.median(times[n]) for n in ("sparse", "dense"))
+        print(f"| {k} | {k / args.n_units:.2f} | {s:.1f} | {d:.1f} | {d / s:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
