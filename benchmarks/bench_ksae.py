@@ -58,7 +58,7 @@ CURES = {
     "+ revive bias": dict(revive_bias_step=1e-3, dead_window=1000),
     "+ lr 2e-3, decay": dict(lr=2e-3, lr_final_fraction=0.0, lr_decay_start=0.5),
 }
-# the k-schedule sweep (Makhzani & Frey's schedule): rows k_<start>_<epochs> = the default with that schedule
+# the k-schedule sweep (Makhzani & Frey's schedule): row k_<start>_<epochs> = the default, that schedule
 K_SCHEDULES = [(100, 3), (200, 5), (200, 8), (200, 15), (300, 3), (300, 4), (300, 6), (400, 12), (500, 4)]
 ROW_KEYS = {"pixels": "raw-pixel probe (baseline)", "plain": "plain", "unit_norm": "+ unit-norm decoder",
             "tied": "+ tied init", "pre_bias": "+ pre-bias (data mean)", "auxk": "+ AuxK",
@@ -90,8 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30, help="training epochs per ablation row")
     p.add_argument("--quick", action="store_true", help="2 epochs on a 10,000-image subset")
     sweep = [f"k_{start}_{epochs}" for start, epochs in K_SCHEDULES]
-    p.add_argument("--rows", nargs="*", default=[k for k in ROW_KEYS if k not in sweep], choices=list(ROW_KEYS),
-                   help="ablation rows to run (default: all but the k-schedule sweep k_<start>_<epochs>)")
+    p.add_argument("--rows", nargs="*", default=[k for k in ROW_KEYS if k not in sweep],
+                   choices=list(ROW_KEYS), help="ablation rows to run (default: all but the k-schedule sweep k_<start>_<epochs>)")
     p.add_argument("--probe-epochs", type=int, default=20, help="linear-probe epochs per row")
     p.add_argument("--speed-epochs", type=int, default=None,
                    help="epochs of the sparse-vs-dense speed rows (default: --epochs)")
