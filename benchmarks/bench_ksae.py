@@ -60,20 +60,21 @@ CURES = {
 }
 # the k-schedule sweep (Makhzani & Frey's schedule): row k_<start>_<epochs> = the default, that schedule
 K_SCHEDULES = [(100, 3), (200, 5), (200, 8), (200, 15), (300, 3), (300, 4), (300, 6), (400, 12), (500, 4)]
+SWEEP_ROWS = {f"k_{start}_{epochs}": (start, epochs) for start, epochs in K_SCHEDULES}
 ROW_KEYS = {"pixels": "raw-pixel probe (baseline)", "plain": "plain", "unit_norm": "+ unit-norm decoder",
             "tied": "+ tied init", "pre_bias": "+ pre-bias (data mean)", "auxk": "+ AuxK",
             "k_schedule": "+ k schedule 100→50", "revive": "+ revive bias", "lr": "+ lr 2e-3, decay",
             "gao": "unit-norm + tied + pre-bias", "gao_auxk": "unit-norm + tied + pre-bias + AuxK",
             "no_revive": "default without revive bias", "no_k_schedule": "default without k schedule",
             "no_lr": "default with constant lr 1e-3",
-            **{f"k_{start}_{epochs}": f"default with k {start}→50 over {epochs} epochs"
-               for start, epochs in K_SCHEDULES},
+            **{key: f"default with k {start}→50 over {epochs} epochs"
+               for key, (start, epochs) in SWEEP_ROWS.items()},
             "default": "default (ksae.yaml)"}
 VARIANTS = {  # rows defined from the default: option → value
     "no_revive": dict(revive_bias_step=0.0),
     "no_k_schedule": dict(k_start=None, k_anneal_epochs=0),
     "no_lr": dict(lr=1e-3, lr_final_fraction=1.0),
-    **{f"k_{start}_{epochs}": dict(k_start=start, k_anneal_epochs=epochs) for start, epochs in K_SCHEDULES},
+    **{key: dict(k_start=start, k_anneal_epochs=epochs) for key, (start, epochs) in SWEEP_ROWS.items()},
 }
 
 
@@ -89,9 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=30, help="training epochs per ablation row")
     p.add_argument("--quick", action="store_true", help="2 epochs on a 10,000-image subset")
-    sweep = [f"k_{start}_{epochs}" for start, epochs in K_SCHEDULES]
-    p.add_argument("--rows", nargs="*", default=[k for k in ROW_KEYS if k not in sweep],
-                   choices=list(ROW_KEYS), help="ablation rows to run (default: all but the k-schedule sweep k_<start>_<epochs>)")
+    p.add_argument("--rows", nargs="*", default=[k for k in ROW_KEYS if k not in SWEEP_ROWS],
+                   choices=list(ROW_KEYS),
+                   help="ablation rows to run (default: all but the k-schedule sweep k_<start>_<epochs>)")
     p.add_argument("--probe-epochs", type=int, default=20, help="linear-probe epochs per row")
     p.add_argument("--speed-epochs", type=int, default=None,
                    help="epochs of the sparse-vs-dense speed rows (default: --epochs)")

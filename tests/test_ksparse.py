@@ -128,6 +128,12 @@ def test_k_larger_than_code_size_is_a_user_error():
         TopKEncoder(20, 8, 9)
 
 
+def test_sparse_max_density_outside_unit_interval_is_a_user_error():
+    for bad in (-0.1, 1.5):
+        with pytest.raises(UserError, match=f"model.sparse_max_density={bad} must be in \\[0, 1\\]"):
+            KSparseAutoencoder(input_dim=20, n_units=32, k=4, k_start=None, sparse_max_density=bad)
+
+
 def test_encoder_and_decoder_load_from_state_and_reject_other_shapes(tmp_path: Path):
     net = make_net()
     torch.save(net.encoder.state_dict(), tmp_path / "encoder.pth")
