@@ -112,20 +112,22 @@ class TopKEncoder(nn.Module):
         (bool, n_units) has any unit, ``(aux_values, aux_indices)`` (B, ≤k_aux) of the top dead units
         (AuxK), else ``None``s. Values are ReLU'd and carry gradients to every parameter."""
         x = x.flatten(1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not sparse):  # dense: one linear, autograd
             x_c = x - self.pre_bias
             pre = F.linear(x_c, self.weight, self.bias)
-            idx = pre.topk(k, dim=-1, sorted=False).indices
+        with torch.no_grad():
+            scores = pre.detach()
+            idx = scores.topk(k, dim=-1, sorted=False).indices
             aux_idx = None
             n_dead = 0 if dead is None or k_aux <= 0 else int(dead.sum())
             if n_dead > 0:
-                aux_idx = pre.masked_fill(~dead, -math.inf).topk(min(k_aux, n_dead), dim=-1, sorted=False).indices
+                aux_idx = scores.masked_fill(~dead, -math.inf).topk(min(k_aux, n_dead), dim=-1, sorted=False).indices
                 idx = torch.cat([idx, aux_idx], dim=1)
         if sparse:
             values = _GatheredLinear.apply(x_c, self.pre_bias, self.weight, self.bias, idx,
-                                           pre.gather(1, idx))
+                                           scores.gather(1, idx))
         else:
-            values = F.linear(x - self.pre_bias, self.weight, self.bias).gather(1, idx)
+            values = pre.gather(1, idx)
         values = F.relu(values)
         if aux_idx is None:
             return values, idx, None, None
