@@ -197,6 +197,39 @@ def test_training_reduces_loss_logs_active_units_and_exports_weights(trained: Pa
     assert torch.equal(encoder["pre_bias"], decoder["bias"])
 
 
+class _LogsEveryStep(KSparseAutoencoder):
+    def _logging_step(self) -> bool:
+        return True
+
+
+def _step_logs(cls: type, data_dir: Path, root: Path) -> list[dict]:
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from datamodules.fashion_mnist import FashionMNISTDataModule
+
+    L.seed_everything(0, verbose=False)
+    model = cls(n_units=64, k=8, k_start=None, dead_window=32)
+    data = FashionMNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=64, train_subset=384,
+                                  download=False)
+    L.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(root), log_every_n_steps=5,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              num_sanity_val_steps=0, deterministic=True).fit(model, datamodule=data)
+    with open(Path(model.logger.log_dir) / "metrics.csv") as f:
+        return [row for row in csv.DictReader(f) if row.get("train/loss")]
+
+
+def test_step_logs_skipped_between_writes_change_nothing_written(fashion_data_dir: Path, tmp_path: Path):
+    """``self.log`` runs only on the steps Lightning writes: the CSV holds the same rows and values
+    as when every step logs (12 steps, written every 5)."""
+    skipping = _step_logs(KSparseAutoencoder, fashion_data_dir, tmp_path / "skip")
+    every = _step_logs(_LogsEveryStep, fashion_data_dir, tmp_path / "every")
+    assert [row["step"] for row in skipping] == [row["step"] for row in every] and len(every) == 2
+    assert skipping == every and all(row["train/dead_units"] for row in skipping)
+
+
 def test_same_config_and_seed_twice_gives_the_same_numbers(trained: Path, repo_root: Path):
     again = _train(trained, repo_root, "b")
     first = json.loads((trained / "fashion_mnist_ksae" / "a" / "results.json").read_text())
