@@ -112,9 +112,12 @@ class TopKEncoder(nn.Module):
         (bool, n_units) has any unit, ``(aux_values, aux_indices)`` (B, ≤k_aux) of the top dead units
         (AuxK), else ``None``s. Values are ReLU'd and carry gradients to every parameter."""
         x = x.flatten(1)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not sparse):  # dense: one linear, autograd
-            x_c = x - self.pre_bias
-            pre = F.linear(x_c, self.weight, self.bias)
+        if sparse:
+            with torch.no_grad():
+                x_c = x - self.pre_bias
+                pre = F.linear(x_c, self.weight, self.bias)
+        else:  # one linear, autograd; W (x - p) + b = W x + (b - W p) spares the (B, d) gradient of x - p
+            pre = F.linear(x, self.weight, self.bias - self.weight @ self.pre_bias)
         with torch.no_grad():
             scores = pre.detach()
             idx = scores.topk(k, dim=-1, sorted=False).indices
