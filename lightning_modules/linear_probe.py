@@ -36,6 +36,13 @@ def classifier_from_state(state: dict[str, Tensor], what: str, in_features: int 
     return linear
 
 
+def set_encode_k(encoder: TopKEncoder, encode_k: int, what: str) -> None:
+    """Make ``encoder`` keep ``encode_k`` units per image; a ``UserError`` outside [1, n_units]."""
+    if not 0 < encode_k <= encoder.n_units:
+        raise UserError(f"{what}={encode_k} must be between 1 and the encoder's {encoder.n_units} units")
+    encoder.k.fill_(encode_k)
+
+
 class FeatureData(L.LightningDataModule):
     """``(features, labels)`` loaders over the splits of an image datamodule, features computed once.
 
@@ -115,6 +122,9 @@ class LinearProbe(L.LightningModule):
 
     Args:
         encoder_path: frozen encoder weights, or ``None`` to probe raw pixels.
+        encode_k: units the frozen encoder keeps per image for the probe, ``None`` = the k it was
+            trained with. Makhzani & Frey (2013, Algorithm 1) encode for classification with the
+            ``αk`` largest units, ``α ≥ 1``; the weights stay the same.
         input_dim: pixels per image the encoder expects (checked against the loaded encoder).
         num_classes: classes of the dataset.
         lr: Adam learning rate.
@@ -124,6 +134,7 @@ class LinearProbe(L.LightningModule):
     def __init__(
         self,
         encoder_path: str | None = None,
+        encode_k: int | None = None,
         input_dim: int = 784,
         num_classes: int = 10,
         lr: float = 1e-3,
@@ -133,11 +144,16 @@ class LinearProbe(L.LightningModule):
         self.save_hyperparameters()
         self.encoder: TopKEncoder | None = None
         n_features = input_dim
+        if encoder_path is None and encode_k is not None:
+            raise UserError(f"model.encode_k={encode_k} needs an encoder; set model.encode_k: null to "
+                            f"probe raw pixels")
         if encoder_path is not None:
             state = read_state_dict(encoder_path, "net.encoder.", "model.encoder_path")
             self.encoder = encoder_from_state(state, f"encoder '{encoder_path}'", input_dim)
             self.encoder.requires_grad_(False).eval()
             n_features = self.encoder.n_units
+            if encode_k is not None:
+                set_encode_k(self.encoder, encode_k, "model.encode_k")
         self.classifier = nn.Linear(n_features, num_classes)
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         for metric in (self.train_loss, self.val_loss, self.test_loss):

@@ -188,6 +188,27 @@ def test_bad_artifacts_are_user_errors_and_write_nothing(runs, repo_root, tmp_pa
     assert not out.exists()
 
 
+def test_the_study_reads_codes_with_the_probes_encode_k(runs, repo_root, tmp_path):
+    """A probe trained with ``encode_k`` (its run's config.yaml) is read with codes of that many units;
+    reconstructions and dead units keep the autoencoder's own k."""
+    import shutil
+
+    probe = tmp_path / "probe"
+    shutil.copytree(runs[1], probe)
+    (probe / "config.yaml").write_text("model:\n  init_args:\n    encode_k: 36\n")
+    model = load_probed_autoencoder(runs[0], probe, input_dim=784)
+    assert (model.k, model.probe_k) == (K, 36)
+    images, _ = tiny_data(repo_root).split("test")
+    x = tiny_data(repo_root).transform(images[:256])
+    assert (model.codes(x) > 0).sum(1).max() > K and (model.codes(x, k=K) > 0).sum(1).max() <= K
+    numbers = json.loads((study(repo_root, (runs[0], probe), tmp_path / "report").run() / "results.json").read_text())
+    assert (numbers["k"], numbers["probe_k"]) == (K, 36)
+    assert numbers["reconstruction"]["mean_active_per_image"] <= K
+    (probe / "config.yaml").write_text("model:\n  init_args:\n    encode_k: 500\n")
+    with pytest.raises(UserError, match="encode_k=500 must be between 1 and the encoder's 128 units"):
+        load_probed_autoencoder(runs[0], probe)
+
+
 def test_artifacts_load_with_weights_only(runs):
     for path in (runs[0] / "encoder.pth", runs[0] / "decoder.pth", runs[1] / "classifier.pth"):
         assert all(isinstance(v, torch.Tensor) for v in torch.load(path, weights_only=True).values())

@@ -58,6 +58,29 @@ def test_encoder_stays_frozen_and_codes_are_extracted_once(encoder_file, repo_ro
     assert features.shape == (1024, 64) and ((features > 0).sum(1) <= 8).all()
 
 
+def test_encode_k_widens_the_codes_and_leaves_the_encoder_weights(encoder_file, repo_root):
+    """Makhzani & Frey's αk encoding: the probe's codes keep ``encode_k`` units, same weights."""
+    stored = torch.load(encoder_file, weights_only=True)
+    probe = LinearProbe(encoder_path=str(encoder_file), encode_k=24)
+    assert torch.equal(probe.encoder.weight, stored["weight"]) and int(stored["k"]) == 8
+    data = small_data(repo_root)
+    data.set_featurizer(probe.featurize)
+    active = (data.features("val")[0] > 0).sum(1)
+    assert active.max() <= 24 and active.max() > 8
+    assert int(torch.load(encoder_file, weights_only=True)["k"]) == 8  # the file is untouched
+
+
+@pytest.mark.parametrize("encode_k", [0, 65])
+def test_encode_k_outside_the_code_is_a_user_error(encoder_file, encode_k):
+    with pytest.raises(UserError, match=f"model.encode_k={encode_k} must be between 1 and the encoder's 64"):
+        LinearProbe(encoder_path=str(encoder_file), encode_k=encode_k)
+
+
+def test_encode_k_without_an_encoder_is_a_user_error():
+    with pytest.raises(UserError, match="needs an encoder"):
+        LinearProbe(encoder_path=None, encode_k=150)
+
+
 def test_pixel_probe_learns_and_reports_accuracy(repo_root, tmp_path):
     probe = LinearProbe(encoder_path=None, lr=0.01)
     data = small_data(repo_root)
@@ -97,7 +120,8 @@ def test_classifier_from_state_checks_the_code_size():
 
 def test_probe_config_end_to_end_exports_classifier(encoder_file, repo_root, tmp_path):
     args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/probe.yaml",
-            "--model.init_args.encoder_path", str(encoder_file), "--trainer.max_epochs", "1",
+            "--model.init_args.encoder_path", str(encoder_file), "--model.init_args.encode_k", "16",
+            "--trainer.max_epochs", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--data.init_args.images.init_args.train_subset", "1024",
             "--data.init_args.images.init_args.val_size", "512", "--run.root", str(tmp_path)]

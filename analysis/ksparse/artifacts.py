@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 from torch import Tensor, nn
 
 from common.errors import UserError
@@ -15,9 +16,14 @@ from lightning_modules.linear_probe import classifier_from_state
 
 class ProbedAutoencoder(nn.Module):
     """``encoder`` (images → k-sparse codes), ``decoder`` (codes → images), ``classifier`` (codes →
-    logits), all frozen, in eval mode. Images are preprocessed (B, 1, 28, 28) or (B, 784) in [0, 1]."""
+    logits), all frozen, in eval mode. Images are preprocessed (B, 1, 28, 28) or (B, 784) in [0, 1].
 
-    def __init__(self, encoder: TopKEncoder, decoder: Decoder, classifier: nn.Linear) -> None:
+    ``k`` is the units per image the autoencoder was trained with (its reconstructions); ``probe_k``
+    the units per image of the codes the classifier was trained on (the probe's ``encode_k``;
+    default ``k``)."""
+
+    def __init__(self, encoder: TopKEncoder, decoder: Decoder, classifier: nn.Linear,
+                 probe_k: int | None = None) -> None:
         super().__init__()
         n_units, dim = encoder.weight.shape
         if decoder.weight.shape != (n_units, dim):
@@ -26,7 +32,11 @@ class ProbedAutoencoder(nn.Module):
         if classifier.in_features != n_units:
             raise UserError(f"classifier reads {classifier.in_features} features but the encoder has "
                             f"{n_units} units; use the probe trained on this encoder")
+        if probe_k is not None and not 0 < probe_k <= n_units:
+            raise UserError(f"the probe's encode_k={probe_k} must be between 1 and the encoder's {n_units} units")
         self.encoder, self.decoder, self.classifier = encoder, decoder, classifier
+        self.k = int(encoder.k)
+        self.probe_k = self.k if probe_k is None else probe_k
         self.requires_grad_(False).eval()
 
     @property
@@ -37,24 +47,40 @@ class ProbedAutoencoder(nn.Module):
     def input_dim(self) -> int:
         return self.encoder.input_dim
 
-    def codes(self, images: Tensor) -> Tensor:
-        """(B, ...) images → (B, n_units) k-sparse codes."""
-        return self.encoder(images.flatten(1))
+    def codes(self, images: Tensor, k: int | None = None) -> Tensor:
+        """(B, ...) images → (B, n_units) codes with the top ``k`` units (default ``probe_k``: what
+        the classifier reads)."""
+        return self.encoder(images.flatten(1), self.probe_k if k is None else k)
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, ...) images → (B, num_classes) logits."""
         return self.classifier(self.codes(images))
 
     @torch.no_grad()
-    def batched_codes(self, images: Tensor, batch_size: int = 2048) -> Tensor:
+    def batched_codes(self, images: Tensor, batch_size: int = 2048, k: int | None = None) -> Tensor:
         """Codes of many images, a chunk at a time: (N, ...) → (N, n_units)."""
-        return torch.cat([self.codes(chunk) for chunk in images.split(batch_size)])
+        return torch.cat([self.codes(chunk, k) for chunk in images.split(batch_size)])
+
+
+def probe_encode_k(probe_run: str | Path) -> int | None:
+    """The ``encode_k`` the probe in ``probe_run`` was trained with, from the ``config.yaml`` that
+    ``train.py`` writes there; ``None`` (the encoder's own k) when it is not set."""
+    config = Path(probe_run) / "config.yaml"
+    if not config.is_file():
+        return None
+    try:
+        model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
+    except yaml.YAMLError:
+        raise UserError(f"'{config}' is not valid YAML; re-run the probe or restore its config.yaml") from None
+    value = (model.get("init_args") or {}).get("encode_k")
+    return None if value is None else int(value)
 
 
 def load_probed_autoencoder(ksae_run: str | Path, probe_run: str | Path,
                             input_dim: int | None = None) -> ProbedAutoencoder:
     """Load ``encoder.pth`` + ``decoder.pth`` from ``ksae_run`` and ``classifier.pth`` from
-    ``probe_run`` (``weights_only=True``); a one-line ``UserError`` for a missing or mismatched file."""
+    ``probe_run`` (``weights_only=True``), with the probe's ``encode_k`` (its config.yaml); a one-line
+    ``UserError`` for a missing or mismatched file."""
     ksae_run, probe_run = Path(ksae_run), Path(probe_run)
     what = "k-sparse AE run '{}' has no {} (train it: python train.py --config configs/fashion_mnist/ksae.yaml)"
     for name in ("encoder.pth", "decoder.pth"):
@@ -70,4 +96,4 @@ def load_probed_autoencoder(ksae_run: str | Path, probe_run: str | Path,
     classifier = classifier_from_state(
         read_state_dict(probe_run / "classifier.pth", "classifier.", "classifier"),
         f"'{probe_run / 'classifier.pth'}'", encoder.n_units)
-    return ProbedAutoencoder(encoder, decoder, classifier)
+    return ProbedAutoencoder(encoder, decoder, classifier, probe_encode_k(probe_run))

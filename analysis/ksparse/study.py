@@ -116,8 +116,9 @@ class KSparseStudy(Analysis):
         top = top_units(scores, max(self.top_units, self.ablation_units))
         x, y = self.images(self.eval_split)
         codes = model.batched_codes(x)
-        recon = model.decoder(codes)
-        fires = (codes > 0).sum(0)
+        ae_codes = codes if model.probe_k == model.k else model.batched_codes(x, k=model.k)
+        recon = model.decoder(ae_codes)
+        fires = (ae_codes > 0).sum(0)
         accuracy = (model.classifier(codes).argmax(1) == y).double().mean().item()
         ablation = ablation_study(model.classifier, codes, y, top[:, : self.ablation_units],
                                   list(range(self.ablation_seeds)), names)
@@ -128,11 +129,11 @@ class KSparseStudy(Analysis):
         shown = top[:, : self.top_units]
         numbers = {
             "splits": {"importance": self.importance_split, "eval": self.eval_split},
-            "n_units": model.n_units, "k": int(model.encoder.k),
+            "n_units": model.n_units, "k": model.k, "probe_k": model.probe_k,
             "reconstruction": {
                 "mse_per_pixel": (recon - x.flatten(1)).pow(2).double().mean().item(),
                 "dead_units": int((fires == 0).sum()), "dead_fraction": (fires == 0).double().mean().item(),
-                "mean_active_per_image": (codes > 0).sum(1).double().mean().item()},
+                "mean_active_per_image": (ae_codes > 0).sum(1).double().mean().item()},
             "probe": {"accuracy": accuracy, "pixel_baseline_accuracy": self._pixel_baseline()},
             "importance": {"definition": "importance[i, c] = |W[c, i]| * mean(z_i over images of class c)",
                            "top_units": {names[c]: [{"unit": int(u), "importance": float(scores[u, c])}
@@ -229,7 +230,8 @@ def _summary_lines(numbers: dict) -> list[str]:
         f"- Reconstruction on the {numbers['splits']['eval']} split: MSE/pixel {rec['mse_per_pixel']:.5f}; "
         f"dead units {rec['dead_units']} / {numbers['n_units']} ({100 * rec['dead_fraction']:.1f}%); "
         f"k = {numbers['k']}.",
-        f"- Linear probe on the codes: accuracy {100 * probe['accuracy']:.2f}%"
+        f"- Linear probe on the codes (top {numbers['probe_k']} units per image): accuracy "
+        f"{100 * probe['accuracy']:.2f}%"
         + (f" (raw-pixel probe: {100 * baseline:.2f}%)." if baseline is not None else "."),
         f"- Ablation ({numbers['ablation']['units_per_class']} units per class): class-logit drop "
         f"{abl['top_logit_drop_mean']:.3f} for the top units vs {abl['random_logit_drop_mean']:.3f} for "

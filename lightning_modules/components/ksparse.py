@@ -188,7 +188,7 @@ class KSparseAE(nn.Module):
         sparse: train through the sparse kernels (same numbers as the dense reference, faster).
         sparse_max_density: ... but only while at most this share of the units is selected per
             sample (k + AuxK units over n_units); above it dense matmuls are faster (at 784 → 1024,
-            batch 256 on 2 CPU cores the crossover is k ≈ 250: ``benchmarks/bench_ksae_step.py``).
+            batch 256 on 2 CPU cores the crossover is k ≈ 175-200: ``benchmarks/bench_ksae_step.py``).
     """
 
     def __init__(self, input_dim: int, n_units: int, k: int, unit_norm_decoder: bool,
