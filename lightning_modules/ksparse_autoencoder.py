@@ -141,8 +141,9 @@ class KSparseAutoencoder(L.LightningModule):
 
     def _logging_step(self) -> bool:
         """Whether Lightning writes this step's logs (the first step and every
-        ``trainer.log_every_n_steps``-th): ``self.log`` costs about 0.5 ms a call on CPU, some 8% of a
-        k = 50 step here, so the other steps skip it."""
+        ``trainer.log_every_n_steps``-th): a ``self.log`` call costs about 0.65 ms on CPU
+        (``benchmarks/bench_lightning_log.py``), two of them some 10% of a k = 50 step, so the other
+        steps skip them."""
         step, every = self.global_step, max(1, self.trainer.log_every_n_steps)
         return step == 0 or (step + 1) % every == 0
 

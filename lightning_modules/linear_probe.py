@@ -36,13 +36,6 @@ def classifier_from_state(state: dict[str, Tensor], what: str, in_features: int 
     return linear
 
 
-def set_encode_k(encoder: TopKEncoder, encode_k: int, what: str) -> None:
-    """Make ``encoder`` keep ``encode_k`` units per image; a ``UserError`` outside [1, n_units]."""
-    if not 0 < encode_k <= encoder.n_units:
-        raise UserError(f"{what}={encode_k} must be between 1 and the encoder's {encoder.n_units} units")
-    encoder.k.fill_(encode_k)
-
-
 class FeatureData(L.LightningDataModule):
     """``(features, labels)`` loaders over the splits of an image datamodule, features computed once.
 
@@ -153,7 +146,10 @@ class LinearProbe(L.LightningModule):
             self.encoder.requires_grad_(False).eval()
             n_features = self.encoder.n_units
             if encode_k is not None:
-                set_encode_k(self.encoder, encode_k, "model.encode_k")
+                if not 0 < encode_k <= n_features:
+                    raise UserError(f"model.encode_k={encode_k} must be between 1 and the encoder's "
+                                    f"{n_features} units")
+                self.encoder.k.fill_(encode_k)
         self.classifier = nn.Linear(n_features, num_classes)
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         for metric in (self.train_loss, self.val_loss, self.test_loss):
