@@ -11,6 +11,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.rng_state import RNGStateInCheckpoint
+from common.checkpoint_io import AtomicCheckpointIO
 from common.errors import UserError, find_user_error
 from common.run_options import RunOptions, WandbOptions, build_loggers
 
@@ -20,7 +21,9 @@ class StudyCLI(LightningCLI):
 
     ``seed_everything`` also seeds the datamodule (``data.init_args.seed``), so one seed drives the
     split, the shuffling, initialisation and augmentation. Every trainer also gets
-    ``RNGStateInCheckpoint``, so ``--ckpt_path`` resumes repeat an uninterrupted run exactly.
+    ``RNGStateInCheckpoint``, so ``--ckpt_path`` resumes repeat an uninterrupted run exactly, and
+    (unless ``trainer.plugins`` is set) ``AtomicCheckpointIO``, so a killed run never leaves a
+    half-written checkpoint.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -40,6 +43,8 @@ class StudyCLI(LightningCLI):
         if config.get("trainer", {}).get("logger") not in (None, True):
             raise UserError("set loggers through the 'run' and 'wandb' sections, not trainer.logger")
         kwargs["logger"] = build_loggers(config["run"], config["wandb"])
+        if config.get("trainer", {}).get("plugins") is None:
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
 

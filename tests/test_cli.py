@@ -107,6 +107,33 @@ def test_seed_everything_seeds_the_datamodule(tmp_path):
     assert train.main is not None
 
 
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    """The CLI's trainers save through AtomicCheckpointIO: a save that dies midway leaves the previous
+    checkpoint whole (Lightning's own IO would leave the truncated new one)."""
+    import torch
+
+    import common.io
+    from common.checkpoint_io import AtomicCheckpointIO
+    from common.cli import StudyCLI
+
+    cli = StudyCLI(subclass_mode_model=True, subclass_mode_data=True, run=False,
+                   args=["--config", KSAE, "--run.root", str(tmp_path)], parser_kwargs={"exit_on_error": False})
+    io = cli.trainer.strategy.checkpoint_io
+    assert isinstance(io, AtomicCheckpointIO)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
+
+    def dies_midway(obj, target):
+        Path(target).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common.io.torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path)["epoch"] == 1 and list(path.parent.iterdir()) == [path]
+
+
 def run_in_process(args: list[str], capsys) -> tuple[int, str]:
     """Run train.py's main as its ``__main__`` does; return (exit code, stderr)."""
     import train

@@ -65,7 +65,8 @@ def test_killed_stage_resumes_to_the_same_numbers(tmp_path, fashion_data_dir):
     proc = subprocess.Popen(stage_args(tmp_path, fashion_data_dir, "killed"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not list(killed_dir.glob("checkpoints/epoch00*.ckpt")) and time.time() < deadline:
+    # last.ckpt is what a resume needs; it appears whole (AtomicCheckpointIO) after the epoch's best
+    while not (killed_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # during epoch 3 at the latest: the whole process group dies
     proc.wait()
