@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
-import lightning as L
-import torch
-from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, TensorDataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-class EpochTimer(Callback):
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.seconds = time.perf_counter() - self.start
+from benchmarks.bench_ksae import FitTimer  # noqa: E402
 
 
 class Tiny(L.LightningModule):
@@ -48,11 +45,11 @@ class Tiny(L.LightningModule):
 
 
 def lightning_ms(loader: DataLoader, logs: int) -> float:
-    timer = EpochTimer()
+    timer = FitTimer()
     L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
               num_sanity_val_steps=0).fit(Tiny(logs), loader)
-    return 1e3 * timer.seconds / len(loader)
+    return 1e3 * timer.train_epoch_s[0] / len(loader)
 
 
 def plain_ms(loader: DataLoader) -> float:

@@ -126,17 +126,18 @@ class KSparseAutoencoder(L.LightningModule):
         out = self.net(x, k=self.current_k(), dead=dead, k_aux=hp.k_aux)
         mse = F.mse_loss(out.recon, x)
         loss = mse
-        logs: dict[str, Tensor] = {}
         if track:
             fired = torch.zeros_like(dead).index_fill_(0, out.indices[out.values > 0], True)
             self.samples_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
-            logs["train/dead_units"] = dead.sum().float()
         if hp.k_aux > 0:
-            logs["train/auxk_loss"] = aux = self.net.auxk_loss(x, out)
+            aux = self.net.auxk_loss(x, out)
             loss = loss + hp.auxk_coef * aux
         if self._logging_step():
             self.log("train/loss", mse, prog_bar=True)
-            self.log_dict(logs)
+            if track:
+                self.log("train/dead_units", dead.sum().float())
+            if hp.k_aux > 0:
+                self.log("train/auxk_loss", aux)
         return loss
 
     def _logging_step(self) -> bool:
