@@ -207,6 +207,9 @@ def test_the_study_reads_codes_with_the_probes_encode_k(runs, repo_root, tmp_pat
     (probe / "config.yaml").write_text("model:\n  init_args:\n    encode_k: 500\n")
     with pytest.raises(UserError, match="encode_k=500 must be between 1 and the encoder's 128 units"):
         load_probed_autoencoder(runs[0], probe)
+    (probe / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        load_probed_autoencoder(runs[0], probe)
 
 
 def test_artifacts_load_with_weights_only(runs):
