@@ -4,11 +4,13 @@
     python benchmarks/bench_ksae_step.py --quick    # fewer repeats (seconds)
 
 A step is what ``KSparseAutoencoder`` does per batch: forward (encode, top-k, decode), MSE,
-backward, decoder-gradient projection, fused Adam, renormalisation. Both paths start from the same
-weights and run round-robin (one repeat of each in turn); the table gives the median in ms and
-dense/sparse. Where the ratio drops below 1 the dense path is faster: that crossover is what
-``sparse_max_density`` in ``configs/fashion_mnist/ksae.yaml`` encodes (early epochs of a k schedule
-select many units per sample).
+backward, decoder-gradient projection, fused Adam, renormalisation. Three contestants start from
+the same weights and run round-robin (one repeat of each in turn): the sparse kernels, the dense
+reference, and the sparse kernels with the encoder matmul in bfloat16 (``select_dtype``). The
+table gives the median in ms, dense/sparse and sparse/(sparse bf16). Where dense/sparse drops below
+1 the dense path is faster: that crossover is what ``sparse_max_density`` in
+``configs/fashion_mnist/ksae.yaml`` encodes (early epochs of a k schedule select many units per
+sample).
 """
 
 from __future__ import annotations
@@ -55,12 +57,15 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     x = torch.rand(args.batch_size, 784)
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, 784 → {args.n_units}")
-    print("| k | density | sparse ms | dense ms | dense / sparse |\n|---|---|---|---|---|")
+    print("| k | density | sparse ms | dense ms | dense / sparse | sparse bf16 ms | sparse / sparse bf16 |\n"
+          "|---|---|---|---|---|---|---|")
     for k in args.ks:
-        base = KSparseAE(784, args.n_units, k, True, True, True, sparse=True, sparse_max_density=1.0)
-        dense = copy.deepcopy(base)
-        dense.sparse = False
-        steps = {"sparse": make_step(base, x, k), "dense": make_step(dense, x, k)}
+        base = KSparseAE(784, args.n_units, k, True, True, True, sparse=True, sparse_max_density=1.0,
+                         select_dtype=torch.float32)
+        dense, bf16 = copy.deepcopy(base), copy.deepcopy(base)
+        dense.sparse, bf16.select_dtype = False, torch.bfloat16
+        steps = {"sparse": make_step(base, x, k), "dense": make_step(dense, x, k),
+                 "sparse bf16": make_step(bf16, x, k)}
         times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(3):  # warm-up
             for step in steps.values():
@@ -70,8 +75,9 @@ def main(argv=None) -> None:
                 start = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - start)
-        s, d = (1e3 * statistics.median(times[n]) for n in ("sparse", "dense"))
-        print(f"| {k} | {k / args.n_units:.2f} | {s:.1f} | {d:.1f} | {d / s:.2f} |", flush=True)
+        s, d, b = (1e3 * statistics.median(times[n]) for n in ("sparse", "dense", "sparse bf16"))
+        print(f"| {k} | {k / args.n_units:.2f} | {s:.1f} | {d:.1f} | {d / s:.2f} | {b:.1f} | {s / b:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from lightning_modules.ksparse_autoencoder import KSparseAutoencoder
 def make_net(sparse: bool = True, **overrides) -> KSparseAE:
     torch.manual_seed(0)
     options = dict(input_dim=20, n_units=32, k=4, unit_norm_decoder=True, tied_init=True,
-                   pre_bias=True, sparse=sparse, sparse_max_density=1.0)
+                   pre_bias=True, sparse=sparse, sparse_max_density=1.0,
+                   select_dtype=torch.float32)
     options.update(overrides)
     return KSparseAE(**options)
 
@@ -97,6 +98,37 @@ def test_sparse_kernels_match_the_dense_reference_with_auxk():
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
     # the dense codes of encode() reconstruct like the training path
     assert torch.allclose(net.decode(net.encode(x)), net(x).recon, atol=1e-6)
+
+
+def test_bfloat16_select_trains_close_to_float32_and_evaluates_in_float32():
+    """``select_dtype`` bfloat16 rounds the winners' forward values (so they differ from float32, by
+    bfloat16's precision); the gradients it feeds stay close; evaluation mode is float32 exactly."""
+    net = make_net(n_units=64, k=8)
+    net.init_pre_bias(torch.rand(20))
+    low = copy.deepcopy(net)
+    low.select_dtype = torch.bfloat16
+    x = torch.rand(32, 20)
+    outs = []
+    for model in (net, low):
+        out = model(x)
+        F.mse_loss(out.recon, x).backward()
+        outs.append(out)
+    assert not torch.equal(outs[0].recon, outs[1].recon)
+    same = outs[0].indices.sort(1).values == outs[1].indices.sort(1).values
+    assert same.float().mean() > 0.9
+    rows = same.all(1)  # samples with the same winners: values agree to bfloat16 precision
+    assert rows.sum() > 16
+    assert torch.allclose(outs[0].values.gather(1, outs[0].indices.argsort(1))[rows],
+                          outs[1].values.gather(1, outs[1].indices.argsort(1))[rows], rtol=2e-2, atol=1e-2)
+    for (name, p), (_, q) in zip(net.named_parameters(), low.named_parameters()):
+        assert (p.grad - q.grad).norm() < 0.1 * p.grad.norm(), name
+    net.eval(), low.eval()
+    assert torch.equal(net(x).recon, low(x).recon)
+
+
+def test_select_dtype_other_than_float32_or_bfloat16_is_a_user_error():
+    with pytest.raises(UserError, match="model.select_dtype='float16' must be 'float32' or 'bfloat16'"):
+        KSparseAutoencoder(input_dim=20, n_units=32, k=4, k_start=None, select_dtype="float16")
 
 
 def test_dense_steps_leave_the_sparse_kernels(monkeypatch):

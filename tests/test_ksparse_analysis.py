@@ -35,7 +35,7 @@ def runs(tmp_path_factory, repo_root) -> tuple[Path, Path]:
     data = tiny_data(repo_root)
     images, labels = data.split("train")
     x = data.transform(images).flatten(1)
-    net = KSparseAE(784, N_UNITS, K, True, True, True, True, 1.0)
+    net = KSparseAE(784, N_UNITS, K, True, True, True, True, 1.0, torch.float32)
     net.init_pre_bias(x.mean(0))
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(4):

@@ -21,7 +21,7 @@ from lightning_modules.linear_probe import FeatureData, LinearProbe, classifier_
 def encoder_file(tmp_path_factory) -> Path:
     """A small random k-sparse encoder saved as encoder.pth (784 → 64, k = 8)."""
     torch.manual_seed(0)
-    net = KSparseAE(784, 64, 8, True, True, True, True, 1.0)
+    net = KSparseAE(784, 64, 8, True, True, True, True, 1.0, torch.float32)
     net.init_pre_bias(torch.full((784,), 0.3))
     path = tmp_path_factory.mktemp("enc") / "encoder.pth"
     torch.save(net.encoder.state_dict(), path)
