@@ -3,7 +3,8 @@
     python benchmarks/bench_ksae_step.py            # 784 → 1024, batch 256, k = 50 ... 300
     python benchmarks/bench_ksae_step.py --quick    # fewer repeats (seconds)
 
-A step is what ``KSparseAutoencoder`` does per batch: forward (encode, top-k, decode), MSE,
+It first times the encoder matmul alone, (B, 784) by (784, n), in float32 and in bfloat16 (casts
+included). A step is what ``KSparseAutoencoder`` does per batch: forward (encode, top-k, decode), MSE,
 backward, decoder-gradient projection, fused Adam, renormalisation. Three contestants start from
 the same weights and run round-robin (one repeat of each in turn): the sparse kernels, the dense
 reference, and the sparse kernels with the encoder matmul in bfloat16 (``select_dtype``). The
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lightning_modules.components.ksparse import KSparseAE  # noqa: E402
+from lightning_modules.components.ksparse import KSparseAE, linear_in  # noqa: E402
 
 
 def make_step(net: KSparseAE, x: torch.Tensor, k: int):
@@ -45,6 +46,20 @@ def make_step(net: KSparseAE, x: torch.Tensor, k: int):
     return step
 
 
+def round_robin(fns: dict, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each callable, after 3 warm-up calls, timed one call of each in turn."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(3):
+        for fn in fns.values():
+            fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ks", type=int, nargs="*", default=[50, 100, 150, 200, 250, 300])
@@ -57,6 +72,11 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     x = torch.rand(args.batch_size, 784)
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, 784 → {args.n_units}")
+    weight, bias = torch.randn(args.n_units, 784) / 28, torch.zeros(args.n_units)
+    mm = round_robin({str(dtype): lambda dtype=dtype: linear_in(x, weight, bias, dtype)
+                      for dtype in (torch.float32, torch.bfloat16)}, max(repeats, 20))
+    f32, bf16 = mm["torch.float32"], mm["torch.bfloat16"]
+    print(f"encoder matmul alone (with the casts): float32 {f32:.2f} ms, bfloat16 {bf16:.2f} ms, {f32 / bf16:.2f}×")
     print("| k | density | sparse ms | dense ms | dense / sparse | sparse bf16 ms | sparse / sparse bf16 |\n"
           "|---|---|---|---|---|---|---|")
     for k in args.ks:
@@ -66,16 +86,8 @@ def main(argv=None) -> None:
         dense.sparse, bf16.select_dtype = False, torch.bfloat16
         steps = {"sparse": make_step(base, x, k), "dense": make_step(dense, x, k),
                  "sparse bf16": make_step(bf16, x, k)}
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(3):  # warm-up
-            for step in steps.values():
-                step()
-        for _ in range(repeats):
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
-        s, d, b = (1e3 * statistics.median(times[n]) for n in ("sparse", "dense", "sparse bf16"))
+        ms = round_robin(steps, repeats)
+        s, d, b = ms["sparse"], ms["dense"], ms["sparse bf16"]
         print(f"| {k} | {k / args.n_units:.2f} | {s:.1f} | {d:.1f} | {d / s:.2f} | {b:.1f} | {s / b:.2f} |",
               flush=True)
 
