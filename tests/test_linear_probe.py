@@ -133,24 +133,25 @@ def test_probe_config_end_to_end_exports_classifier(encoder_file, repo_root, tmp
     assert 0.0 < json.loads((run / "results.json").read_text())["test"]["test/acc"] <= 1.0
 
 
-def test_missing_encoder_from_the_command_line_is_one_line_and_writes_nothing(repo_root, tmp_path):
-    args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/probe.yaml",
-            "--model.init_args.encoder_path", str(tmp_path / "nope" / "encoder.pth"),
+def probe_cli_error(repo_root: Path, tmp_path: Path, *overrides: str) -> str:
+    """Run ``train.py`` with probe.yaml and ``overrides``; assert it exits 2 without a traceback and
+    writes no run folder; return its last stderr line."""
+    args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/probe.yaml", *overrides,
             "--run.root", str(tmp_path / "runs")]
     done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "does not exist" in last
     assert not (tmp_path / "runs" / "fashion_mnist_probe" / "main").exists()
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_missing_encoder_from_the_command_line_is_one_line_and_writes_nothing(repo_root, tmp_path):
+    last = probe_cli_error(repo_root, tmp_path, "--model.init_args.encoder_path",
+                           str(tmp_path / "nope" / "encoder.pth"))
+    assert last.startswith("error: ") and "does not exist" in last
 
 
 def test_encode_k_too_large_from_the_command_line_is_one_line_and_writes_nothing(encoder_file, repo_root,
                                                                                  tmp_path):
-    args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/probe.yaml",
-            "--model.init_args.encoder_path", str(encoder_file), "--model.init_args.encode_k", "999",
-            "--run.root", str(tmp_path / "runs")]
-    done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    last = probe_cli_error(repo_root, tmp_path, "--model.init_args.encoder_path", str(encoder_file),
+                           "--model.init_args.encode_k", "999")
     assert last.startswith("error: ") and "model.encode_k=999 must be between 1 and the encoder's 64" in last
-    assert not (tmp_path / "runs" / "fashion_mnist_probe" / "main").exists()
