@@ -54,7 +54,8 @@ class KSparseAutoencoder(L.LightningModule):
         select_dtype: dtype of the encoder matmul of the sparse training steps, which picks the k
             winners and gives their values; gradients, the dense steps, validation and test stay
             float32. ``bfloat16`` is 2.1× faster for that matmul on CPUs with AVX512-BF16 or AMX and
-            on GPUs, test MSE within run-to-run noise (README, Study 2); use ``float32`` on CPUs without native bfloat16.
+            on GPUs, test MSE within run-to-run noise (README, Study 2); use ``float32`` on CPUs
+            without native bfloat16.
     """
 
     def __init__(

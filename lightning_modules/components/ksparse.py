@@ -40,7 +40,7 @@ def topk_mask(pre: Tensor, k: int) -> Tensor:
 
 def linear_in(x: Tensor, weight: Tensor, bias: Tensor, dtype: torch.dtype) -> Tensor:
     """``F.linear(x, weight, bias)`` computed in ``dtype`` and returned in ``x``'s dtype; bfloat16
-    runs 2-3× faster than float32 on CPUs with AVX512-BF16 or AMX (``bench_ksae_step.py``)."""
+    runs about 2× faster than float32 on CPUs with AVX512-BF16 or AMX (``bench_ksae_step.py``)."""
     if dtype == x.dtype:
         return F.linear(x, weight, bias)
     return F.linear(x.to(dtype), weight.to(dtype), bias.to(dtype)).to(x.dtype)
