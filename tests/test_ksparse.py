@@ -271,10 +271,14 @@ def test_same_config_and_seed_twice_gives_the_same_numbers(trained: Path, repo_r
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_k_larger_than_code_size_from_the_command_line_is_one_line(tmp_path: Path, repo_root: Path):
-    args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/ksae.yaml",
-            "--model.init_args.k", "2000", "--run.root", str(tmp_path)]
+@pytest.mark.parametrize("override, message", [(("--model.init_args.k", "2000"), "k=2000"),
+                                               (("--model.init_args.select_dtype", "float16"), "select_dtype")])
+def test_bad_model_options_from_the_command_line_are_one_line(override, message, tmp_path: Path,
+                                                              repo_root: Path):
+    args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/ksae.yaml", *override,
+            "--run.root", str(tmp_path)]
     done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and "k=2000" in lines[-1] and "Traceback" not in done.stderr
+    assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())
