@@ -66,7 +66,7 @@ $(MOBILE): $(FM)/mobilenet_v3_large.yaml
 	$(STAGE) --config $(FM)/mobilenet_v3_large.yaml
 $(FM_CACHE): $(FM)/activations.yaml $(RESNET) $(MOBILE)
 	$(call banner,activation cache)
-	$(PYTHON) -m features.build_cache --config $(FM)/activations.yaml
+	$(PYTHON) build_cache.py --config $(FM)/activations.yaml
 	@touch $@
 $(USAE): $(FM_CACHE) $(FM)/usae.yaml configs/sae/usae_joint.yaml
 	$(call banner,Universal SAE)
@@ -93,7 +93,7 @@ $(RUNS)/cifar100_%/main/results.json: $(CF)/%.yaml
 	$(STAGE) --config $(CF)/$*.yaml $(TRAINER)
 $(CF_CACHE): $(CF)/activations.yaml $(C_RUNS)
 	$(call banner,activation cache)
-	$(PYTHON) -m features.build_cache --config $(CF)/activations.yaml
+	$(PYTHON) build_cache.py --config $(CF)/activations.yaml
 	@touch $@
 $(C_USAE): $(CF_CACHE) $(CF)/usae.yaml configs/sae/usae_joint.yaml
 	$(call banner,Universal SAE)

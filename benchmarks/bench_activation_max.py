@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.universality.activation_max import ActMaxSettings, maximize_latents  # noqa: E402
 from analysis.universality.feature_model import FeatureHead, L2Normalize, LatentObjective, frozen  # noqa: E402
-from lightning_modules.components.backbones import FeatureExtractor, build_backbone, default_layer  # noqa: E402
-from lightning_modules.components.topk_sae import TopKSAE  # noqa: E402
+from components.backbones import FeatureExtractor, build_backbone, default_layer  # noqa: E402
+from components.topk_sae import TopKSAE  # noqa: E402
 
 
 def build_objective(arch: str, image_size: int, n_latents: int, channels: int) -> tuple[LatentObjective, list]:

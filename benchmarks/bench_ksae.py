@@ -45,7 +45,8 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from common.io import atomic_write_json, atomic_write_text  # noqa: E402
 from datamodules.fashion_mnist import FashionMNISTDataModule  # noqa: E402
 from lightning_modules.ksparse_autoencoder import KSparseAutoencoder  # noqa: E402
-from lightning_modules.linear_probe import FeatureData, LinearProbe  # noqa: E402
+from datamodules.feature_data import FeatureData
+from lightning_modules.linear_probe import LinearProbe  # noqa: E402
 
 PLAIN = dict(unit_norm_decoder=False, tied_init=False, pre_bias=False, k_aux=0, k_start=None,
              k_anneal_epochs=0, revive_bias_step=0.0, lr=1e-3, lr_final_fraction=1.0, lr_decay_start=0.0)

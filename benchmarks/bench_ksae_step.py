@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lightning_modules.components.ksparse import KSparseAE, linear_in  # noqa: E402
+from components.ksparse import KSparseAE, linear_in  # noqa: E402
 
 
 def make_step(net: KSparseAE, x: torch.Tensor, k: int):

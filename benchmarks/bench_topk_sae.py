@@ -11,7 +11,7 @@ forward (with autograd recording, plus the MSE), forward+backward, and the full 
 (zero_grad, forward, backward, gradient projection, optimizer step, renormalisation). The floor
 is the encoder forward matmul alone (``addmm``), which every contestant must do.
 
-Contestants: ``ours`` (lightning_modules.components.TopKSAE + fused Adam); ``overcomplete``
+Contestants: ``ours`` (components.TopKSAE + fused Adam); ``overcomplete``
 (``overcomplete.sae.TopKSAE`` + ``torch.optim.Adam`` defaults, as one would build on the library);
 ``overcomplete+fused`` (the same with fused Adam, to separate the optimizer's share); ``dense``
 (plain PyTorch dense TopK SAE, autograd, default Adam). Then the USAE joint step (M = 2: every
@@ -56,8 +56,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_modules.components.sae_bank import SAEBank, make_adam  # noqa: E402
-from lightning_modules.components.topk_sae import TopKSAE  # noqa: E402
+from components.sae_bank import SAEBank, make_adam  # noqa: E402
+from components.topk_sae import TopKSAE  # noqa: E402
 
 
 class DenseTopKSAE(nn.Module):

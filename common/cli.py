@@ -10,7 +10,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from callbacks.rng_state import RNGStateInCheckpoint
+from common.rng_state import RNGStateInCheckpoint
 from common.checkpoint_io import AtomicCheckpointIO
 from common.errors import UserError, find_user_error
 from common.run_options import RunOptions, WandbOptions, build_loggers

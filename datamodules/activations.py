@@ -24,7 +24,7 @@ from features.activation_cache import (SPLITS, ActivationCache, EntryStatus, Fea
                                        Normalization, Rebuild, json_safe, sha256_file, tensor_sha256)
 from features.extractor import (FeatureExtractor, Precision, extract_features, resolve_device,
                                 resolve_precision)
-from lightning_modules.components.backbones import (build_backbone, check_arch, check_layer,
+from components.backbones import (build_backbone, check_arch, check_layer,
                                                     default_layer, feature_dim, load_backbone,
                                                     pretrained_weights)
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from common.errors import UserError
-from lightning_modules.components.backbones import FeatureExtractor
+from components.backbones import FeatureExtractor
 
 __all__ = ["FeatureExtractor", "Precision", "autocast", "compile_extractor", "extract_features",
            "resolve_device", "resolve_precision"]

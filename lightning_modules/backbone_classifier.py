@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from common.errors import UserError
-from lightning_modules.components.backbones import build_backbone, check_arch, default_layer
+from components.backbones import build_backbone, check_arch, default_layer
 
 
 class BackboneClassifier(L.LightningModule):

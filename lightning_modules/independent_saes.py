@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from lightning_modules.components.sae_bank import Backend
+from components.sae_bank import Backend
 from lightning_modules.sae_base import MultiSAESystem
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from common.errors import UserError
-from lightning_modules.components.ksparse import KSparseAE, densify
+from components.ksparse import KSparseAE, densify
 from metrics.active_units import ActiveUnits
 
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from common.errors import UserError
-from datamodules.image_datamodule import ImageDataModule, Split
-from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
-from lightning_modules.components.ksparse import TopKEncoder, _check_shapes, encoder_from_state, read_state_dict
-
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
+from components.ksparse import TopKEncoder, _check_shapes, encoder_from_state, read_state_dict
+from datamodules.feature_data import FeatureData
 
 
 def classifier_from_state(state: dict[str, Tensor], what: str, in_features: int | None = None) -> nn.Linear:
@@ -34,74 +28,6 @@ def classifier_from_state(state: dict[str, Tensor], what: str, in_features: int 
     linear = nn.Linear(features, classes)
     linear.load_state_dict(state)
     return linear
-
-
-class FeatureData(L.LightningDataModule):
-    """``(features, labels)`` loaders over the splits of an image datamodule, features computed once.
-
-    The ``LinearProbe`` sets the featurizer (its frozen encoder, or flat pixels) in its ``setup``;
-    each split is then preprocessed (``images.transform(x, train=False)``), featurized in chunks and
-    held in memory, so an epoch costs only the linear layer.
-
-    Args:
-        images: the image datamodule (dataset, split seed, preprocessing).
-        batch_size: feature rows per training step.
-        seed: seeds the per-epoch shuffling of the training features.
-        extract_batch_size: images featurized at once.
-    """
-
-    def __init__(self, images: ImageDataModule, batch_size: int = 256, seed: int = 0,
-                 extract_batch_size: int = 2048) -> None:
-        super().__init__()
-        self.images = images
-        self.batch_size = batch_size
-        self.seed = seed
-        self.extract_batch_size = extract_batch_size
-        self.featurizer: Callable[[Tensor], Tensor] | None = None
-        self._features: dict[str, tuple[Tensor, Tensor]] = {}
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return tuple(self.images.class_names)
-
-    def prepare_data(self) -> None:
-        self.images.prepare_data()
-
-    def setup(self, stage: str | None = None) -> None:
-        self.images.setup(stage)
-
-    def set_featurizer(self, featurizer: Callable[[Tensor], Tensor]) -> None:
-        """Use ``featurizer`` (preprocessed images (B, C, H, W) → (B, F)); a new one drops the cache."""
-        if featurizer != self.featurizer:
-            self.featurizer = featurizer
-            self._features.clear()
-
-    @torch.no_grad()
-    def features(self, split: Split, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-        """Features (N, F) on the CPU and labels (N,) of one split, computed on first use."""
-        if split not in self._features:
-            if self.featurizer is None:
-                raise UserError("FeatureData has no featurizer; train it with a LinearProbe model")
-            images, labels = self.images.split(split)
-            chunks = [self.featurizer(self.images.transform(chunk.to(device), train=False)).cpu()
-                      for chunk in images.split(self.extract_batch_size)]
-            self._features[split] = (torch.cat(chunks), labels)
-        return self._features[split]
-
-    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        device = self.trainer.lightning_module.device if self.trainer is not None else "cpu"
-        features, labels = self.features(split, device)
-        return in_memory_loader(InMemoryTensorDataset(features, labels), self.batch_size,
-                                shuffle=shuffle, seed=self.seed)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class LinearProbe(L.LightningModule):
@@ -180,7 +106,7 @@ class LinearProbe(L.LightningModule):
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule if self._trainer is not None else None
         if not isinstance(data, FeatureData):
-            raise UserError("LinearProbe needs data: {class_path: lightning_modules.linear_probe.FeatureData, "
+            raise UserError("LinearProbe needs data: {class_path: datamodules.feature_data.FeatureData, "
                             "init_args: {images: <image datamodule>}}; see configs/fashion_mnist/probe.yaml")
         data.set_featurizer(self.featurize)
 

@@ -20,8 +20,8 @@ import lightning as L
 import torch
 
 from common.errors import UserError
-from lightning_modules.components.sae_bank import Backend, SAEBank, lr_lambda, make_adam
-from lightning_modules.components.topk_sae import TopKCodes
+from components.sae_bank import Backend, SAEBank, lr_lambda, make_adam
+from components.topk_sae import TopKCodes
 from metrics.universality import UniversalityMetrics
 
 Stage = Literal["val", "test"]

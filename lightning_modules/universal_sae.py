@@ -10,7 +10,7 @@ import random
 from typing import Literal
 
 from common.errors import UserError
-from lightning_modules.components.sae_bank import Backend
+from components.sae_bank import Backend
 from lightning_modules.sae_base import MultiSAESystem
 
 

@@ -16,7 +16,7 @@ import datamodules.activations as activations_module
 from common.errors import UserError
 from features.activation_cache import FeatureNormalizer
 from helpers.tiny_images import TinyImages, save_random_backbone, tiny_activation_dm, tiny_backbones
-from lightning_modules.components.backbones import FeatureExtractor, load_backbone
+from components.backbones import FeatureExtractor, load_backbone
 
 SPLITS = ("train", "val", "test")
 

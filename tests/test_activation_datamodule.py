@@ -13,7 +13,7 @@ from jsonargparse import ArgumentParser
 from common.errors import UserError
 from datamodules.activations import ActivationDataModule, BackboneSpec
 from features.activation_cache import sha256_file
-from features.build_cache import main as build_cache_main
+from build_cache import main as build_cache_main
 from helpers.tiny_images import TinyImages, tiny_activation_dm, tiny_backbones
 
 

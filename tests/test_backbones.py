@@ -15,7 +15,7 @@ from datamodules.cifar100 import CIFAR100DataModule
 from helpers.cifar100_fixture import write_tiny_cifar100
 from helpers.tiny_images import TinyImages, save_random_backbone
 from lightning_modules.backbone_classifier import BackboneClassifier
-from lightning_modules.components.backbones import (FeatureExtractor, build_backbone, default_layer,
+from components.backbones import (FeatureExtractor, build_backbone, default_layer,
                                                     feature_dim, load_backbone)
 
 

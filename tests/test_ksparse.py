@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from lightning_modules.components.ksparse import (
+from components.ksparse import (
     KSparseAE, TopKEncoder, _GatheredLinear, decoder_from_state, encoder_from_state, read_state_dict,
     topk_mask)
 from lightning_modules.ksparse_autoencoder import KSparseAutoencoder

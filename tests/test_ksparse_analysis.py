@@ -19,7 +19,7 @@ from analysis.ksparse.study import KSparseStudy
 from common.errors import UserError
 from common.run_options import WandbOptions
 from datamodules.fashion_mnist import FashionMNISTDataModule
-from lightning_modules.components.ksparse import KSparseAE
+from components.ksparse import KSparseAE
 
 N_UNITS, K = 128, 12
 

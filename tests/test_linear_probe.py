@@ -13,8 +13,9 @@ import torch
 
 from common.errors import UserError
 from datamodules.fashion_mnist import FashionMNISTDataModule
-from lightning_modules.components.ksparse import KSparseAE
-from lightning_modules.linear_probe import FeatureData, LinearProbe, classifier_from_state
+from components.ksparse import KSparseAE
+from datamodules.feature_data import FeatureData
+from lightning_modules.linear_probe import LinearProbe, classifier_from_state
 
 
 @pytest.fixture(scope="module")

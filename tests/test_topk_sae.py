@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from lightning_modules.components.sae_bank import SAEBank, make_adam
-from lightning_modules.components.topk_sae import OvercompleteTopKSAE, TopKSAE, sparse_decode
+from components.sae_bank import SAEBank, make_adam
+from components.topk_sae import OvercompleteTopKSAE, TopKSAE, sparse_decode
 
 D, N, K, B = 24, 64, 5, 32
 

@@ -21,7 +21,7 @@ from analysis.universality.selection import check_latents, select_latents
 from analysis.universality.stats import feature_statistics
 from analysis.universality.top_images import top_activating
 from common.errors import UserError
-from lightning_modules.components.topk_sae import TopKSAE
+from components.topk_sae import TopKSAE
 from lightning_modules.universal_sae import UniversalSAE
 
 

@@ -9,7 +9,7 @@ import yaml
 from torch import Tensor, nn
 
 from common.errors import UserError
-from lightning_modules.components.ksparse import (
+from components.ksparse import (
     Decoder, TopKEncoder, decoder_from_state, encoder_from_state, read_state_dict)
 from lightning_modules.linear_probe import classifier_from_state
 

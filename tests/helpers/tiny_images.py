@@ -11,7 +11,7 @@ from torch import Tensor
 from datamodules.batch_transform import BatchTransform
 from datamodules.image_datamodule import ImageDataModule
 from helpers.cifar100_fixture import class_images
-from lightning_modules.components.backbones import build_backbone
+from components.backbones import build_backbone
 
 
 class TinyImages(ImageDataModule):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-from lightning_modules.components.topk_sae import OvercompleteTopKSAE, TopKCodes, TopKSAE, check_sizes
+from components.topk_sae import OvercompleteTopKSAE, TopKCodes, TopKSAE, check_sizes
 
 Backend = Literal["ours", "overcomplete"]
 

@@ -1,6 +1,6 @@
 """Build or check the activation cache from YAML, as a pipeline stage of its own.
 
-    python -m features.build_cache --config configs/fashion_mnist/activations.yaml [--data.init_args.rebuild never]
+    python build_cache.py --config configs/fashion_mnist/activations.yaml [--data.init_args.rebuild never]
 
 Reads the ``data:`` section (an ``ActivationDataModule``); other sections of a composed training
 config (``model``, ``trainer``, ``run``, ...) are accepted and ignored. Extracts only the entries

@@ -151,7 +151,7 @@ def check_layer(model: nn.Module, layer: str, arch: str = "") -> str:
     raise UserError(
         f"unknown layer '{layer}' for {what}{hint}; the last layers are: {', '.join(names[-8:])}, "
         f"{PENULTIMATE} ({len(names)} names in all; list them with "
-        f"'python -m lightning_modules.components.backbones --layers {arch or '<arch>'}')"
+        f"'python -m components.backbones --layers {arch or '<arch>'}')"
     )
 
 
@@ -278,7 +278,7 @@ def load_backbone(arch: str, num_classes: int, checkpoint: str | Path) -> nn.Mod
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m lightning_modules.components.backbones [--layers ARCH]``: list models or layers."""
+    """``python -m components.backbones [--layers ARCH]``: list models or layers."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "--layers":
         with torch.device("meta"):
