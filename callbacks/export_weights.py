@@ -8,7 +8,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from common.errors import UserError
 from common.io import atomic_torch_save
+from common.safe_load import load_weights
 
 
 def resolve_attribute(module: torch.nn.Module, dotted: str) -> torch.nn.Module:
@@ -19,6 +21,15 @@ def resolve_attribute(module: torch.nn.Module, dotted: str) -> torch.nn.Module:
             raise AttributeError(f"{type(module).__name__} has no '{dotted}' (stopped at '{part}')")
         target = getattr(target, part)
     return target
+
+
+def best_state_dict(path: str) -> dict:
+    """The ``state_dict`` of the Lightning checkpoint at ``path``, loaded with ``weights_only=True``
+    (a one-line ``UserError`` if the file holds anything else)."""
+    checkpoint = load_weights(path, "best checkpoint")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserError(f"best checkpoint '{path}' has no state_dict; it is not a Lightning checkpoint")
+    return checkpoint["state_dict"]
 
 
 class ExportWeights(Callback):
@@ -39,7 +50,7 @@ class ExportWeights(Callback):
         state = None
         checkpoint = trainer.checkpoint_callback
         if self.use_best and isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path:
-            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+            state = best_state_dict(checkpoint.best_model_path)
         if trainer.is_global_zero:
             self.export(pl_module, Path(trainer.log_dir or "."), state)
 

@@ -13,7 +13,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from common.rng_state import RNGStateInCheckpoint
 from common.checkpoint_io import AtomicCheckpointIO
 from common.errors import UserError, find_user_error
+from common.finite_guard import FiniteGuard
 from common.run_options import RunOptions, WandbOptions, build_loggers
+from common.validate import check_trainer_options
 
 
 class StudyCLI(LightningCLI):
@@ -28,7 +30,7 @@ class StudyCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
-        defaults["callbacks"] = [*defaults.get("callbacks", []), RNGStateInCheckpoint()]
+        defaults["callbacks"] = [*defaults.get("callbacks", []), RNGStateInCheckpoint(), FiniteGuard()]
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -40,6 +42,7 @@ class StudyCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        check_trainer_options(config.get("trainer"))
         if config.get("trainer", {}).get("logger") not in (None, True):
             raise UserError("set loggers through the 'run' and 'wandb' sections, not trainer.logger")
         kwargs["logger"] = build_loggers(config["run"], config["wandb"])

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchvision.models import get_model, get_model_weights, list_models
 
 from common.errors import UserError
+from common.safe_load import check_finite_weights, load_weights, weights_only_loads
 
 # Where the study reads features (the penultimate representation of each classifier):
 # ResNet: global average pool (2048-d for resnet50, flattened); MobileNetV3: classifier[2], the
@@ -118,8 +119,10 @@ def build_backbone(arch: str, num_classes: int, pretrained: bool | str = False) 
     weights = pretrained_weights(arch, pretrained)
     if weights is None:
         return get_model(arch, weights=None, num_classes=num_classes)
-    ensure_weights_file(weights)
-    model = get_model(arch, weights=weights)
+    path = ensure_weights_file(weights)
+    # torchvision loads the cached file with weights_only=False; a file planted there must not run code
+    with weights_only_loads(f"pretrained weights file (for {weights})", path):
+        model = get_model(arch, weights=weights)
     old_classes = len(weights.meta["categories"])
     if num_classes != old_classes:
         _replace_heads(model, num_classes, old_classes)
@@ -229,19 +232,15 @@ def state_dict_from_file(path: str | Path, prefix: str = "net.") -> tuple[dict[s
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' not found; train the backbone first or fix the path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        if path.suffix != ".ckpt":
-            raise UserError(f"'{path}' is not a torch state_dict file (torch.load failed); "
-                            f"export one with ExportWeights or give a Lightning .ckpt") from None
-        # Lightning's own checkpoints may hold non-tensor objects (loops, callbacks) that
-        # weights_only refuses; Lightning loads them the same way.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict) and "state_dict" in obj:
+    # weights_only: a checkpoint from elsewhere cannot run code; this project's .ckpt files load so
+    obj = load_weights(path, "backbone checkpoint")
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         state = {k[len(prefix):]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
-        return state, dict(obj.get("hyper_parameters") or {})
-    if isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values()):
+        check_finite_weights(state, f"backbone checkpoint '{path}'")
+        hparams = obj.get("hyper_parameters")
+        return state, dict(hparams) if isinstance(hparams, dict) else {}
+    if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        check_finite_weights(obj, f"backbone checkpoint '{path}'")
         return obj, {}
     raise UserError(f"'{path}' holds neither a state_dict nor a Lightning checkpoint")
 

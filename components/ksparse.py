@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.errors import UserError
+from common.safe_load import check_finite_weights, load_weights
 
 
 def topk_mask(pre: Tensor, k: int) -> Tensor:
@@ -293,11 +294,7 @@ def read_state_dict(path: str | Path, prefix: str, what: str) -> dict[str, Tenso
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} '{path}' does not exist; check the path or run the training that writes it")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and weights-only errors all mean "not a weights file"
-        raise UserError(f"{what} '{path}' is not a readable PyTorch weights file "
-                        f"({type(err).__name__}); pass a .pth state_dict or a Lightning .ckpt") from None
+    obj = load_weights(path, what)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = {key[len(prefix):]: value for key, value in obj["state_dict"].items() if key.startswith(prefix)}
         if not obj:
@@ -305,6 +302,7 @@ def read_state_dict(path: str | Path, prefix: str, what: str) -> dict[str, Tenso
                             f"pass a KSparseAutoencoder checkpoint or its exported .pth")
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise UserError(f"{what} '{path}' holds no state_dict of tensors; pass a .pth state_dict or a .ckpt")
+    check_finite_weights(obj, f"{what} '{path}'")
     return obj
 
 

@@ -2,33 +2,67 @@
 
 from __future__ import annotations
 
-import os
-import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
-from torchvision.datasets import CIFAR100
+from torchvision.datasets import CIFAR100, VisionDataset
+from torchvision.datasets.utils import check_integrity
 
 from common.errors import UserError
 from common.io import check_writable_dir
+from common.safe_load import load_numpy_pickle
 from datamodules.batch_transform import BatchTransform
-from datamodules.image_datamodule import ImageDataModule
+from datamodules.image_datamodule import ImageDataModule, check_image_options
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class _UncheckedCIFAR100(CIFAR100):
-    """torchvision's CIFAR100 without the md5 checks, for copies that are not the official files."""
+class _SafeCIFAR100(CIFAR100):
+    """torchvision's CIFAR100, unpickled with ``load_numpy_pickle`` (arrays and lists only, so nothing
+    in a file can run code) and, with ``verify=False``, without the md5 checks (for copies that are
+    not the official files)."""
+
+    def __init__(self, root: str, train: bool = True, download: bool = False, verify: bool = True) -> None:
+        self.verify = verify
+        VisionDataset.__init__(self, root)
+        self.train = train
+        if download:
+            self.download()
+        if not self._check_integrity():
+            raise RuntimeError("Dataset not found or corrupted")
+        folder = Path(self.root) / self.base_folder
+        data, targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            entry = load_numpy_pickle(folder / name, "CIFAR-100 file")
+            if not isinstance(entry, dict) or "data" not in entry or "fine_labels" not in entry:
+                raise UserError(f"CIFAR-100 file '{folder / name}' has no 'data'/'fine_labels'; restore "
+                                f"the official cifar-100-python files")
+            data.append(entry["data"])
+            targets.extend(entry["fine_labels"])
+        try:
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        except ValueError:
+            raise UserError(f"CIFAR-100 files in '{folder}' do not hold 3x32x32 images; restore the "
+                            f"official cifar-100-python files") from None
+        self.targets = targets
+        self._load_meta()
 
     def _check_integrity(self) -> bool:
+        if self.verify:
+            return super()._check_integrity()
         folder = Path(self.root) / self.base_folder
         return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
 
     def _load_meta(self) -> None:
-        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as fh:
-            data = pickle.load(fh, encoding="latin1")
+        path = Path(self.root) / self.base_folder / self.meta["filename"]
+        if self.verify and not check_integrity(str(path), self.meta["md5"]):
+            raise RuntimeError("Dataset metadata file not found or corrupted")
+        data = load_numpy_pickle(path, "CIFAR-100 meta file")
+        if not isinstance(data, dict) or self.meta["key"] not in data:
+            raise UserError(f"CIFAR-100 meta file '{path}' has no '{self.meta['key']}'; restore it")
         self.classes = data[self.meta["key"]]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
@@ -71,6 +105,7 @@ class CIFAR100DataModule(ImageDataModule):
         download: bool = True,
         verify_checksums: bool = True,
     ) -> None:
+        check_image_options(image_size, 3, mean, std, rotation_degrees)
         transform = BatchTransform(image_size, 3, mean, std, hflip, rotation_degrees)
         super().__init__(batch_size, val_size, train_subset, seed, transform)
         self.save_hyperparameters()
@@ -80,15 +115,16 @@ class CIFAR100DataModule(ImageDataModule):
         self.class_names: tuple[str, ...] = ()
 
     def _dataset(self, train: bool) -> CIFAR100:
-        loader = CIFAR100 if self.verify_checksums else _UncheckedCIFAR100
         try:
-            return loader(self.data_dir, train=train, download=False)
+            return _SafeCIFAR100(self.data_dir, train=train, download=False, verify=self.verify_checksums)
         except RuntimeError:
             pass
         if self.download:
             check_writable_dir(self.data_dir, "data_dir")
             try:
-                return loader(self.data_dir, train=train, download=True)
+                return _SafeCIFAR100(self.data_dir, train=train, download=True, verify=self.verify_checksums)
+            except UserError:
+                raise
             except Exception:  # any network failure ends in the one message below
                 pass
         raise UserError(

@@ -13,7 +13,7 @@ from torchvision.datasets import FashionMNIST
 from common.errors import UserError
 from common.io import atomic_path, check_writable_dir
 from datamodules.batch_transform import BatchTransform
-from datamodules.image_datamodule import ImageDataModule
+from datamodules.image_datamodule import ImageDataModule, check_image_options
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -105,6 +105,7 @@ class FashionMNISTDataModule(ImageDataModule):
     ) -> None:
         if channels not in (1, 3):
             raise UserError(f"data.channels must be 1 or 3, got {channels}")
+        check_image_options(image_size, channels, mean, std, rotation_degrees)
         transform = BatchTransform(image_size, channels, mean, std, hflip, rotation_degrees)
         super().__init__(batch_size, val_size, train_subset, seed, transform)
         self.save_hyperparameters()

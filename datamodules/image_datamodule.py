@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from common.errors import UserError
+from common.validate import finite, in_range, positive
 from datamodules.batch_transform import BatchTransform
 from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
 
 Split = Literal["train", "val", "test"]
+
+
+def _whole(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_image_options(image_size: int | None, channels: int, mean: Sequence[float] | None,
+                        std: Sequence[float] | None, rotation_degrees: float) -> None:
+    """One-line ``UserError`` for transform options that would give garbage: a non-positive or
+    non-finite ``std`` (division by zero: NaN everywhere), a non-finite ``mean``, one given without
+    the other or not one per channel, ``image_size < 1``, a rotation outside [0, 180] degrees."""
+    if image_size is not None:
+        _whole("data.image_size", image_size, 1)
+    if (mean is None) != (std is None):
+        raise UserError(f"give both data.mean and data.std, or neither (got mean={mean}, std={std})")
+    if mean is not None:
+        for name, values in (("data.mean", mean), ("data.std", std)):
+            if len(values) != channels:
+                raise UserError(f"{name} needs {channels} values (one per channel), got {list(values)}")
+        finite("data.mean", mean)
+        positive("data.std", std)
+    in_range("data.rotation_degrees", rotation_degrees, 0.0, 180.0)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -30,8 +55,10 @@ class ImageDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int, val_size: int, train_subset: int | None, seed: int,
                  transform: BatchTransform) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        _whole("data.batch_size", batch_size, 1)
+        _whole("data.val_size", val_size, 1)
+        if train_subset is not None:
+            _whole("data.train_subset", train_subset, 1)
         self.batch_size = batch_size
         self.val_size = val_size
         self.train_subset = train_subset
@@ -47,8 +74,13 @@ class ImageDataModule(L.LightningDataModule):
         if self._splits:
             return
         images, labels = self.load_split_tensors(train=True)
-        if not 0 <= self.val_size < len(labels):
-            raise ValueError(f"val_size must be in [0, {len(labels)}), got {self.val_size}")
+        if self.val_size >= len(labels):
+            raise UserError(f"data.val_size={self.val_size} leaves no training images: the training set "
+                            f"has {len(labels)}; set val_size below that (e.g. {max(1, len(labels) // 10)})")
+        left = len(labels) - self.val_size
+        if self.train_subset is not None and self.train_subset > left:
+            raise UserError(f"data.train_subset={self.train_subset} is more than the {left} training images "
+                            f"left after val_size={self.val_size}; lower it or set it to null (all)")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
         train_idx = order[self.val_size:]
         if self.train_subset is not None:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from common.errors import UserError
 from common.io import atomic_path, atomic_write_json
+from common.safe_load import load_weights
 
 try:
     import fcntl
@@ -105,13 +106,24 @@ class FeatureNormalizer(nn.Module):
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "FeatureNormalizer":
-        """Rebuild the normaliser a cache entry was written with."""
+    def from_manifest(cls, manifest: dict, where: str = "the activation cache manifest") -> "FeatureNormalizer":
+        """Rebuild the normaliser a cache entry was written with; a one-line ``UserError`` if the
+        manifest's statistics are not finite numbers (``std`` > 0) of one length."""
         stats = manifest.get("stats")
-        mode = manifest["key"]["normalization"]
-        if stats is None:
+        mode = manifest["key"].get("normalization")
+        if stats is None and mode != "standardize":
             return cls(mode)
-        return cls(mode, torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+        try:
+            mean = torch.tensor(stats["mean"], dtype=torch.float32)
+            std = torch.tensor(stats["std"], dtype=torch.float32)
+            valid = (mean.dim() == 1 and mean.shape == std.shape and bool(torch.isfinite(mean).all())
+                     and bool(torch.isfinite(std).all()) and bool((std > 0).all()))
+        except (TypeError, KeyError, ValueError, RuntimeError):
+            valid = False
+        if not valid:
+            raise UserError(f"{where} has no valid standardisation statistics (finite mean, std > 0); "
+                            f"delete that cache folder and build it again")
+        return cls(mode, mean, std)
 
 
 @dataclass
@@ -278,9 +290,9 @@ class ActivationCache:
                 if reason is None:
                     manifest = self.read_manifest(name, split)
                     if split == "train":
-                        normalizer = FeatureNormalizer.from_manifest(manifest)
-                    statuses.append(EntryStatus(name, split, "reused", "valid", manifest["rows"], 0.0))
-                    self._say(f"{name}/{split}: reused ({manifest['rows']} rows)")
+                        normalizer = FeatureNormalizer.from_manifest(manifest, f"'{self.paths(name, split)[1]}'")
+                    statuses.append(EntryStatus(name, split, "reused", "valid", manifest.get("rows"), 0.0))
+                    self._say(f"{name}/{split}: reused ({manifest.get('rows')} rows)")
                     continue
                 if self.rebuild == "never":
                     raise UserError(f"activation cache '{self.paths(name, split)[0]}' cannot be used "
@@ -323,10 +335,15 @@ class ActivationCache:
         if reason is not None:
             raise UserError(f"activation cache '{tensor_path}' is unusable: {reason}; "
                             f"rebuild it (rebuild: auto)")
-        features = torch.load(tensor_path, map_location="cpu", weights_only=True, mmap=mmap)
-        if (not isinstance(features, Tensor) or list(features.shape) != manifest["shape"]
-                or features.dtype != torch.float32):
-            raise UserError(f"activation cache '{tensor_path}' does not match its manifest; delete it")
+        # weights_only (in load_weights): a planted pickle is refused in one line, nothing runs
+        features = load_weights(tensor_path, "activation cache file", mmap=mmap)
+        if (not isinstance(features, Tensor) or list(features.shape) != manifest.get("shape")
+                or features.dtype != torch.float32 or features.dim() != 2):
+            what = (f"a {tuple(features.shape)} {features.dtype} tensor" if isinstance(features, Tensor)
+                    else f"a {type(features).__name__}, not a tensor")
+            raise UserError(f"activation cache '{tensor_path}' holds {what}, which does not match its "
+                            f"manifest (shape {manifest.get('shape')}, float32); delete the folder "
+                            f"'{tensor_path.parent}' and build it again")
         if rows is not None and features.shape[0] != rows:
             raise UserError(f"activation cache '{tensor_path}' has {features.shape[0]} rows but the "
                             f"{split} split has {rows} images; rebuild it (rebuild: auto)")
@@ -337,7 +354,7 @@ class ActivationCache:
         manifest = self.read_manifest(name, "train")
         if manifest is None:
             raise UserError(f"no activation cache for '{name}' in '{self.root}'; build it first")
-        return FeatureNormalizer.from_manifest(manifest)
+        return FeatureNormalizer.from_manifest(manifest, f"'{self.paths(name, 'train')[1]}'")
 
 
 def json_safe(value: Any) -> Any:

@@ -8,7 +8,6 @@ import html
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +21,7 @@ from analysis.ksparse.artifacts import ProbedAutoencoder, load_probed_autoencode
 from analysis.ksparse.attribution import feature_overlay, occlusion_map
 from analysis.ksparse.importance import class_mean_codes, importance, top_units
 from common.errors import UserError
-from common.io import atomic_write_json, atomic_write_text, check_writable_dir
+from common.io import atomic_write_json, atomic_write_text, check_writable_dir, shared_mkdtemp
 from common.run_options import WandbOptions
 from datamodules.image_datamodule import ImageDataModule, Split
 
@@ -177,7 +176,7 @@ class KSparseStudy(Analysis):
         model = self.load()
         check_writable_dir(self.output_dir.parent, "output_dir's parent")
         numbers, figs = self.compute(model)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.", dir=self.output_dir.parent))
+        staging = shared_mkdtemp(prefix=f".{self.output_dir.name}.", dir=self.output_dir.parent)
         try:
             (staging / "figures").mkdir()
             paths = {}

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from analysis.universality.codes import saes_of
 from common.errors import UserError
+from common.safe_load import check_finite_weights, load_weights
 
 
 def load_system(path: str | Path, kind: str) -> nn.Module:
@@ -35,21 +36,26 @@ def load_system(path: str | Path, kind: str) -> nn.Module:
         raise UserError(f"{arg} '{path}' does not exist; train it first (see the config's comments) "
                         f"or point {arg} at a .ckpt file")
     cls = UniversalSAE if kind == "usae" else IndependentSAEs
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # any unreadable file ends in the one message below
-        raise UserError(f"{arg} '{path}' is not a readable checkpoint ({type(err).__name__}); "
-                        "point it at a Lightning .ckpt written by train.py") from None
+    # weights_only: nothing in the file can run code (the one-line refusal names the file)
+    ckpt = load_weights(path, arg)
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if "state_dict" not in ckpt or "feature_dims" not in hp:
+    hp = hp if isinstance(hp, dict) else {}
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or "feature_dims" not in hp:
         raise UserError(f"{arg} '{path}' is not a {cls.__name__} checkpoint (no state_dict/feature_dims); "
                         "point it at a .ckpt written by train.py for that system")
     saved_class = str(hp.get("_class_path", ""))  # LightningCLI records the class it built
     if saved_class and saved_class.rsplit(".", 1)[-1] != cls.__name__:
         raise UserError(f"{arg} '{path}' holds a {saved_class.rsplit('.', 1)[-1]} checkpoint, not a "
                         f"{cls.__name__}; swap usae_checkpoint and independent_checkpoint or fix the path")
+    # Lightning imports and calls what these name when it rebuilds the system: only ours
+    if (saved_class and not saved_class.startswith("lightning_modules.")) or \
+            hp.get("_instantiator") not in (None, "lightning.pytorch.cli.instantiate_module"):
+        raise UserError(f"{arg} '{path}' names code from outside this project (class "
+                        f"'{saved_class}', instantiator '{hp.get('_instantiator')}'); point it at a "
+                        f".ckpt written by train.py")
+    check_finite_weights(ckpt["state_dict"], f"{arg} '{path}'")
     try:
-        system = cls.load_from_checkpoint(path, map_location="cpu")
+        system = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except UserError:
         raise
     except Exception as err:
