@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,10 +45,7 @@ def load_weights(path: str | Path, what: str, mmap: bool = False) -> Any:
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
-            raise UserError(f"{what} '{path}' is not a plain weights/checkpoint file {UNSAFE_HINT}") from None
-        raise UserError(f"{what} '{path}' is not a readable PyTorch weights file ({_first_line(err)}); "
-                        f"pass a .pth state_dict or a Lightning .ckpt") from None
+        raise refusal(err, what, path, "pass a .pth state_dict or a Lightning .ckpt") from None
     except Exception as err:  # zip, EOF, key and OS errors all mean "not a readable weights file"
         raise UserError(f"{what} '{path}' is not a readable PyTorch weights file ({type(err).__name__}"
                         f"{': ' + _first_line(err) if _first_line(err) else ''}); "
@@ -68,10 +66,7 @@ def weights_only_loads(what: str, path: str | Path) -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             yield
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
-            raise UserError(f"{what} '{path}' is not a plain weights/checkpoint file {UNSAFE_HINT}") from None
-        raise UserError(f"{what} '{path}' is not a readable PyTorch weights file ({_first_line(err)}); "
-                        f"delete it so that it is downloaded again") from None
+        raise refusal(err, what, path, "delete it so that it is downloaded again") from None
     except (EOFError, RuntimeError, KeyError) as err:  # truncated zip, bad magic number, ...
         raise UserError(f"{what} '{path}' is not a readable PyTorch weights file ({type(err).__name__}); "
                         f"delete it so that it is downloaded again") from None
@@ -81,6 +76,20 @@ def weights_only_loads(what: str, path: str | Path) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def refusal(err: pickle.UnpicklingError, what: str, path: str | Path, fix: str) -> UserError:
+    """The one-line error for a file ``torch.load(weights_only=True)`` refused: one that names a
+    Python callable (it could run code), or one that is no PyTorch file at all."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found or "Trying to call reduce" in text:
+        callable_name = f"; it names {found.group(1)}" if found else ""
+        return UserError(f"{what} '{path}' is not a plain weights/checkpoint file "
+                         f"{UNSAFE_HINT.replace(')', callable_name + ')', 1)}")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = detail.group(1).strip().splitlines()[0][:100] if detail else _first_line(err)
+    return UserError(f"{what} '{path}' is not a readable PyTorch weights file ({reason}); {fix}")
 
 
 def _first_line(err: BaseException) -> str:
