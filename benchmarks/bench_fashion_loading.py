@@ -62,7 +62,7 @@ def main() -> None:
     limit = 10_000 if args.quick else None
     repeats = 1 if args.quick else args.repeats
 
-    dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size, val_size=0,
+    dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=args.batch_size, val_size=1,
                                 train_subset=limit, image_size=args.image_size, channels=args.channels)
     dm.prepare_data()
     start = time.perf_counter()
