@@ -55,10 +55,11 @@ class FiniteGuard(Callback):
         if (batch_idx + 1) % every and batch_idx != 0:
             return
         loss = _loss_of(outputs)
+        problem = None
         if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
-            value = float(loss.detach().float().reshape(-1)[0])
-            raise UserError(f"training loss is {value} at {self._where(trainer, batch_idx)}; {ADVICE}")
-        self.check_metrics(trainer, batch_idx)
+            value = loss.detach().float()
+            problem = f"training loss is {float(value[~torch.isfinite(value)].reshape(-1)[0])}"
+        self._stop_if_any(trainer, problem or self.metric_problem(trainer), batch_idx)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.check_metrics(trainer)  # the previous epoch's epoch-level metrics are aggregated by now
@@ -74,6 +75,20 @@ class FiniteGuard(Callback):
 
     def check_metrics(self, trainer: L.Trainer, batch_idx: int | None = None) -> None:
         """``UserError`` for the first non-finite value in ``trainer.callback_metrics`` (not ignored)."""
+        self._stop_if_any(trainer, self.metric_problem(trainer), batch_idx)
+
+    def _stop_if_any(self, trainer: L.Trainer, problem: str | None, batch_idx: int | None) -> None:
+        # one collective decision, so that every DDP process stops at the same batch (none hangs)
+        stop = problem is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            problem = problem or "a loss or metric is not finite in another process"
+            raise UserError(f"{problem} at {self._where(trainer, batch_idx)}; {ADVICE}")
+
+    def metric_problem(self, trainer: L.Trainer) -> str | None:
+        """``"metric '<name>' is nan"`` for the first non-finite value in ``trainer.callback_metrics``
+        (not ignored), else ``None``."""
         values: dict[str, Tensor] = {}
         for name, value in trainer.callback_metrics.items():
             if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore):
@@ -84,8 +99,9 @@ class FiniteGuard(Callback):
                 values[name] = value.detach()
         device = next(iter(values.values())).device if values else None
         if not values or bool(torch.stack([torch.isfinite(v).all().to(device) for v in values.values()]).all()):
-            return  # one sync in the usual, healthy case
+            return None  # one sync in the usual, healthy case
         for name, value in values.items():
             bad = value.float()[~torch.isfinite(value.float())].reshape(-1)
             if bad.numel():
-                raise UserError(f"metric '{name}' is {float(bad[0])} at {self._where(trainer, batch_idx)}; {ADVICE}")
+                return f"metric '{name}' is {float(bad[0])}"
+        return None

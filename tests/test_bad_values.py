@@ -362,3 +362,31 @@ def test_rewriting_a_file_keeps_its_mode(tmp_path, umask):
     path.chmod(0o640)
     atomic_write_text(path, "b")
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_text() == "b"
+
+
+class DivergingOnRankOne(Diverging):
+    """Only DDP rank 1's loss turns NaN (from batch 3): rank 0 must stop at the same batch too."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = (self.net(x) - y).square().mean()
+        if self.trainer.global_rank == 1 and batch_idx >= 3:
+            loss = loss * math.nan
+        return loss
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_finite_guard_stops_every_ddp_process_together(monkeypatch):
+    """Two gloo processes: the decision is collective, so neither waits for the other forever."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    x = torch.randn(64, 4)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=[FiniteGuard(every_n_batches=1)])
+    with pytest.raises(Exception) as err:
+        trainer.fit(DivergingOnRankOne(), data)
+    text = str(err.value)
+    assert ("training loss is nan at epoch 0, batch 3" in text
+            or "not finite in another process at epoch 0, batch 3" in text), text
