@@ -329,3 +329,21 @@ def test_checkpoints_of_a_real_fit_load_with_weights_only(tmp_path):
         assert {"state_dict", "callbacks", "loops", "optimizer_states", "hyper_parameters"} <= set(loaded)
         net = load_backbone("resnet18", 4, path)
         torch.testing.assert_close(net.fc.weight, model.net.fc.weight)
+
+
+def test_no_other_unrestricted_load_in_the_code(repo_root):
+    """Every load goes through common.safe_load: no raw torch.load / pickle.load / allow_pickle elsewhere."""
+    import re as regex
+
+    pattern = regex.compile(r"torch\.load\(|pickle\.loads?\(|allow_pickle\s*=\s*True|weights_only\s*=\s*False")
+    offenders = []
+    for path in repo_root.rglob("*.py"):
+        rel = path.relative_to(repo_root)
+        if rel.parts[0] in ("tests", "runs", "data") or rel.parts[0].startswith(".") \
+                or "site-packages" in rel.parts or rel.as_posix() == "common/safe_load.py":
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if pattern.search(code) and "``" not in code:
+                offenders.append(f"{rel}:{number}: {line.strip()}")
+    assert not offenders, offenders
