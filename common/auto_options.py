@@ -9,8 +9,8 @@ prints one start-up line with the machine, every resolved option and the thread 
   AVX512-BF16/AMX), else ``32``;
 - ``compile`` (inductor-compiled feature extraction): on for CUDA, off on CPU, where its ~30 s of
   compilation per backbone costs more than it saves on the demo's extraction;
-- ``trainer.precision``: ``bf16-mixed`` on CUDA with bf16, and on a CPU with native bf16 (measured
-  faster there for the backbones' training steps), else ``32-true``.
+- ``trainer.precision``: ``bf16-mixed`` on CUDA with bf16, and on a CPU with native bf16 for the
+  architectures measured faster that way (``CPU_BF16_TRAINING_FASTER``), else ``32-true``.
 """
 
 from __future__ import annotations
@@ -93,16 +93,38 @@ def training_device(accelerator: Any = "auto", hardware: Hardware | None = None)
     return "cuda" if hw.cuda_device and accel in ("auto", "gpu", "cuda", "cudaaccelerator") else "cpu"
 
 
-def resolve_training_precision(choice: Any, accelerator: Any = "auto",
-                               hardware: Hardware | None = None) -> Any:
-    """``trainer.precision``: ``"auto"`` → ``"bf16-mixed"`` where bfloat16 is native on the device
-    the accelerator picks (CUDA with bf16; a CPU with AVX512-BF16/AMX), else ``"32-true"``; any
-    other value unchanged (Lightning validates it)."""
+# Architectures whose training step is faster under bf16-mixed than fp32 on a CPU with native
+# bfloat16, by a side-by-side check (benchmarks/bench_train_precision.py). Not every one is:
+# depthwise convolutions (MobileNetV3) run slower in bf16 there, so an unmeasured arch keeps fp32.
+CPU_BF16_TRAINING_FASTER = frozenset({"resnet50"})
+
+
+def resolve_training_precision(choice: Any, accelerator: Any = "auto", hardware: Hardware | None = None,
+                               arch: str | None = None) -> Any:
+    """``trainer.precision``: ``"auto"`` → ``"bf16-mixed"`` on CUDA with bf16, and on a CPU with
+    native bfloat16 (AVX512-BF16/AMX) for an ``arch`` measured faster that way
+    (``CPU_BF16_TRAINING_FASTER``); else ``"32-true"``. Any other value is returned unchanged
+    (Lightning validates it)."""
     if choice != "auto":
         return choice
     hw = hardware or detect()
-    native = hw.cuda_bf16 if training_device(accelerator, hw) == "cuda" else hw.cpu_native_bf16
-    return "bf16-mixed" if native else "32-true"
+    if training_device(accelerator, hw) == "cuda":
+        return "bf16-mixed" if hw.cuda_bf16 else "32-true"
+    return "bf16-mixed" if hw.cpu_native_bf16 and arch in CPU_BF16_TRAINING_FASTER else "32-true"
+
+
+def trainer_kwargs(trainer_config: dict, model: Any = None) -> dict:
+    """Trainer arguments that replace ``auto`` values of ``trainer_config`` for ``model`` (its
+    ``hparams.arch``, if any, picks the CPU rule); each resolution is noted. For ``StudyCLI``."""
+    if trainer_config.get("precision") != "auto":
+        return {}
+    accelerator = trainer_config.get("accelerator", "auto")
+    arch = dict(getattr(model, "hparams", None) or {}).get("arch")
+    resolved = resolve_training_precision("auto", accelerator, arch=arch)
+    device = training_device(accelerator)
+    why = basis(device) + (f", {arch}" if arch and device == "cpu" else "")
+    note("trainer.precision", resolved, why)
+    return {"precision": resolved}
 
 
 def startup_line(plan: ThreadPlan | None = None, hardware: Hardware | None = None) -> str:

@@ -10,7 +10,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from common.auto_options import AutoTrainer
+from common.auto_options import AutoTrainer, trainer_kwargs
 from common.rng_state import RNGStateInCheckpoint
 from common.checkpoint_io import AtomicCheckpointIO
 from common.errors import UserError, find_user_error
@@ -47,6 +47,7 @@ class StudyCLI(LightningCLI):
         kwargs["logger"] = build_loggers(config["run"], config["wandb"])
         if config.get("trainer", {}).get("plugins") is None:
             kwargs["plugins"] = [AtomicCheckpointIO()]
+        kwargs.update(trainer_kwargs(config.get("trainer", {}), self.model))  # precision: auto
         return super().instantiate_trainer(**kwargs)
 
 

@@ -76,17 +76,33 @@ def test_compile_explicit_wins():
         resolve_compile("sometimes", "cpu", AVX2)
 
 
-@pytest.mark.parametrize("hw,accelerator,expected", [
-    (AVX2, "auto", "32-true"),        # CPU without native bf16: emulated, slower
-    (AMX, "auto", "bf16-mixed"),      # AVX512-BF16 / AMX CPU
-    (AMX, "cpu", "bf16-mixed"),
-    (GPU_BF16, "auto", "bf16-mixed"),
-    (GPU_BF16, "gpu", "bf16-mixed"),
-    (GPU_BF16, "cpu", "32-true"),     # forced onto an AVX2 CPU although a GPU exists
-    (GPU_OLD, "auto", "32-true"),     # CUDA without bf16
+@pytest.mark.parametrize("hw,accelerator,arch,expected", [
+    (AVX2, "auto", "resnet50", "32-true"),        # CPU without native bf16: emulated, slower
+    (AMX, "auto", "resnet50", "bf16-mixed"),      # AVX512-BF16 / AMX CPU, an arch measured faster
+    (AMX, "cpu", "resnet50", "bf16-mixed"),
+    (AMX, "cpu", "mobilenet_v3_large", "32-true"),  # depthwise convolutions: slower in bf16 there
+    (AMX, "cpu", None, "32-true"),                # unmeasured: fp32
+    (GPU_BF16, "auto", None, "bf16-mixed"),
+    (GPU_BF16, "gpu", "mobilenet_v3_large", "bf16-mixed"),
+    (GPU_BF16, "cpu", "resnet50", "32-true"),     # forced onto an AVX2 CPU although a GPU exists
+    (GPU_OLD, "auto", "resnet50", "32-true"),     # CUDA without bf16
 ])
-def test_training_precision_auto(hw, accelerator, expected):
-    assert resolve_training_precision("auto", accelerator, hw) == expected
+def test_training_precision_auto(hw, accelerator, arch, expected):
+    assert resolve_training_precision("auto", accelerator, hw, arch) == expected
+
+
+def test_trainer_kwargs_reads_the_models_arch(monkeypatch):
+    """StudyCLI's hook: only an ``auto`` precision is replaced, using the model's hparams.arch."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(auto_options, "detect", lambda: AMX)
+    auto_options.clear_notes()
+    resnet, mobile = SimpleNamespace(hparams={"arch": "resnet50"}), SimpleNamespace(hparams={"arch": "mobilenet_v3_large"})
+    assert auto_options.trainer_kwargs({"precision": "auto", "accelerator": "cpu"}, resnet) == {"precision": "bf16-mixed"}
+    assert "trainer.precision=bf16-mixed (auto: CPU AVX512, bf16 native, resnet50)" in auto_options.startup_line()
+    assert auto_options.trainer_kwargs({"precision": "auto"}, mobile) == {"precision": "32-true"}
+    assert auto_options.trainer_kwargs({"precision": "16-mixed"}, resnet) == {}
+    auto_options.clear_notes()
 
 
 def test_training_precision_explicit_wins():
@@ -112,11 +128,11 @@ def test_auto_trainer_resolves_records_and_logs(tmp_path, monkeypatch, capsys):
     assert auto_options.notes()["trainer.precision"] == "32-true"
     assert isinstance(trainer.callbacks[-1], auto_options.RecordAutoOptions)
 
-    monkeypatch.setattr(auto_options, "detect", lambda: AMX)
+    monkeypatch.setattr(auto_options, "detect", lambda: GPU_BF16)
     auto_options.clear_notes()
-    trainer = auto_options.AutoTrainer(precision="auto", accelerator="cpu", devices=1, logger=False,
-                                       enable_progress_bar=False, enable_checkpointing=False)
-    assert trainer.precision == "bf16-mixed"
+    with pytest.raises(Exception):  # resolved to bf16-mixed for the (patched) GPU; no GPU here
+        auto_options.AutoTrainer(precision="auto", accelerator="gpu", devices=1, logger=False)
+    assert auto_options.notes()["trainer.precision"] == "bf16-mixed"
     explicit = auto_options.AutoTrainer(precision="32-true", accelerator="cpu", devices=1, logger=False,
                                         enable_progress_bar=False, enable_checkpointing=False)
     assert explicit.precision == "32-true"
@@ -140,3 +156,24 @@ def test_auto_trainer_hparams_record(tmp_path, monkeypatch):
     assert hparams["auto_resolved"]["trainer.precision"] == "32-true"
     assert hparams["machine"].startswith("machine: test cpu")
     auto_options.clear_notes()
+
+
+# ---- benchmarks say what they ran on ------------------------------------------------------------
+
+def test_every_benchmark_prints_the_machine_line(repo_root):
+    """Each benchmark's main prints ``detect().line()`` (checked in the source: running them all is slow)."""
+    missing = [p.name for p in sorted((repo_root / "benchmarks").glob("bench_*.py"))
+               if "print(detect().line()" not in p.read_text()]
+    assert not missing, f"benchmarks without the machine line: {missing}"
+
+
+def test_benchmark_first_line_is_the_machine(repo_root):
+    from conftest import run_script
+
+    done = run_script(repo_root, "benchmarks/bench_extraction.py", "--images", "4", "--image-size", "32",
+                      "--arch", "mobilenet_v3_large",
+                      "--batch-size", "4", "--no-plain", env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("machine: ") and "ISA " in first and "torch " in first
+    assert "ours" in done.stdout
