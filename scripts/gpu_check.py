@@ -70,7 +70,7 @@ def run_step(step: Step, cwd: Path, log_dir: Path, budget_left: float, env: dict
     log = log_dir / f"{step.name}.log"
     command = " ".join(step.argv)
     limit = min(step.timeout_s, budget_left)
-    if limit < 5:
+    if budget_left < 5:
         return StepResult(step.name, "skipped", 0.0, None, command, str(log), tail="no time left in the budget")
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as out:
