@@ -109,7 +109,7 @@ bench: setup
 	$(PYTHON) benchmarks/bench_fashion_loading.py
 	$(PYTHON) benchmarks/bench_topk_sae.py --quick
 
-# One-call GPU check (<= 8 min on one CUDA GPU, offline): make gpu-check OUT=gpu_check_out
-OUT ?= gpu_check_out
-gpu-check: setup
+# One-call GPU check (<= 8 min on one CUDA GPU, offline): make gpu-check [OUT=runs/gpu_check]
+OUT ?= runs/gpu_check
+gpu-check:  # no setup: the GPU machine may be offline (install requirements.txt first)
 	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(OUT)
