@@ -4,7 +4,8 @@
     python scripts/stage_times.py demo.log                                 # one column
     python scripts/stage_times.py avx2=demo-avx2.log avx512=demo-avx512.log   # side by side
     python scripts/stage_times.py --runs runs --label "this machine"     # no log: from run folders
-    python scripts/stage_times.py demo.log --out docs/speed_demo.md --json times.json
+    python scripts/stage_times.py demo.log --out table.md --json times.json
+    python scripts/stage_times.py avx2=demo-avx2.log --update docs/speed.md   # refresh the docs' table
 
 From a log: each ``==== [HH:MM:SS] <stage>`` banner of the Makefile starts a stage, the next banner
 ends it (the last one, ``... study done``, ends the run), so every stage is timed, training or not;
@@ -12,6 +13,8 @@ ends it (the last one, ``... study done``, ends the run), so every stage is time
 machine is the first ``machine:`` / ``start-up:`` line in the log. From run folders (``--runs``): a
 training stage lasted from its ``config.yaml`` (written at start) to its ``results.json``; other
 stages are not timed there. A stage that runs past midnight is handled (times only increase).
+``--update FILE`` replaces the text between ``<!-- stage-times:begin -->`` and
+``<!-- stage-times:end -->`` in FILE with the table, so the docs' numbers come from this command.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", default=None, help="label of the --runs column")
     p.add_argument("--out", default=None, help="write the markdown table here too")
     p.add_argument("--json", default=None, help="write the parsed times here (JSON)")
+    p.add_argument("--update", default=None, help="put the table between the stage-times markers of this file")
+    p.add_argument("--note", default=None, help="a line printed above the table (e.g. how it was measured)")
     args = p.parse_args(argv)
     columns: dict[str, dict] = {}
     for item in args.logs:
@@ -118,13 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     if not columns:
         print("error: give a make demo log (make demo 2>&1 | tee demo.log) or --runs runs", file=sys.stderr)
         return 2
-    text = table(columns)
+    text = (f"{args.note}\n\n" if args.note else "") + table(columns)
     print(text, end="")
-    if args.out:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from common.io import atomic_write_text
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from common.io import atomic_write_text
 
+    if args.out:
         atomic_write_text(Path(args.out), text)
+    if args.update:
+        doc = Path(args.update).read_text(encoding="utf-8")
+        begin, end = "<!-- stage-times:begin -->", "<!-- stage-times:end -->"
+        if begin not in doc or end not in doc:
+            print(f"error: {args.update} has no {begin} ... {end} block", file=sys.stderr)
+            return 2
+        head, rest = doc.split(begin, 1)
+        atomic_write_text(Path(args.update), f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
     if args.json:
         Path(args.json).write_text(json.dumps(columns, indent=1))
     return 0

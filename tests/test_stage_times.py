@@ -37,3 +37,15 @@ def test_unfinished_log_and_side_by_side_table(tmp_path, capsys):
     assert "| **total** | **3.1 min** | **1.8 min** |" in text
     assert main([str(tmp_path / "missing.log")]) == 2
     assert "make demo 2>&1 | tee demo.log" in capsys.readouterr().err
+
+
+def test_update_replaces_only_the_marked_block(tmp_path):
+    (tmp_path / "a.log").write_text(LOG)
+    doc = tmp_path / "speed.md"
+    doc.write_text("# Speed\n\n<!-- stage-times:begin -->\nold\n<!-- stage-times:end -->\n\nafter\n")
+    assert main([f"avx2={tmp_path / 'a.log'}", "--update", str(doc), "--note", "measured on x"]) == 0
+    text = doc.read_text()
+    assert text.startswith("# Speed\n\n<!-- stage-times:begin -->\nmeasured on x\n")
+    assert "old" not in text and "| k-sparse autoencoder | 100 |" in text and text.endswith("-->\n\nafter\n")
+    doc.write_text("no markers")
+    assert main([str(tmp_path / "a.log"), "--update", str(doc)]) == 2
