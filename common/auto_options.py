@@ -139,13 +139,14 @@ def startup_line(plan: ThreadPlan | None = None, hardware: Hardware | None = Non
 
 def start_up(local_world_size: int = 1, hardware: Hardware | None = None, file=None) -> str:
     """Set the threads (``common.threads.configure_threads``), then print the start-up line once
-    per process (rank 0 of a node only) to stderr; returns the line."""
+    per process (rank 0 of a node only) to stdout (information, not an error: stderr stays for
+    ``error:`` lines); returns the line."""
     plan = configure_threads(local_world_size)
     note("threads", plan.threads, plan.describe().removeprefix(f"threads {plan.threads} ").strip("()"))
     line = startup_line(None, hardware)
     if line not in _PRINTED and os.environ.get("LOCAL_RANK", "0") == "0":
         _PRINTED.add(line)
-        print(line, file=file or sys.stderr, flush=True)
+        print(line, file=file or sys.stdout, flush=True)
     return line
 
 

@@ -122,7 +122,7 @@ def test_auto_trainer_resolves_records_and_logs(tmp_path, monkeypatch, capsys):
                                        logger=CSVLogger(tmp_path), enable_progress_bar=False,
                                        enable_model_summary=False, enable_checkpointing=False)
     assert trainer.precision == "32-true"
-    line = capsys.readouterr().err.strip().splitlines()[-1]
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("start-up: ")][-1]
     assert line.startswith("start-up: machine: test cpu; ISA AVX2")
     assert "trainer.precision=32-true (auto: CPU AVX2, bf16 emulated)" in line and "; threads=" in line
     assert auto_options.notes()["trainer.precision"] == "32-true"
