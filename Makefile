@@ -14,7 +14,7 @@ FM := configs/fashion_mnist
 CF := configs/cifar100
 banner = @echo "==== [$$(date +%H:%M:%S)] $(1)"
 
-.PHONY: setup test test-slow demo fashion-study ksae-study universality-study cifar-study bench
+.PHONY: setup test test-slow demo fashion-study ksae-study universality-study cifar-study bench gpu-check
 
 setup:
 	PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -108,3 +108,8 @@ $(C_REPORT): $(CF)/analysis_universality.yaml $(C_USAE) $(C_INDEP)
 bench: setup
 	$(PYTHON) benchmarks/bench_fashion_loading.py
 	$(PYTHON) benchmarks/bench_topk_sae.py --quick
+
+# One-call GPU check (<= 8 min on one CUDA GPU, offline): make gpu-check [OUT=runs/gpu_check]
+OUT ?= runs/gpu_check
+gpu-check:  # no setup: the GPU machine may be offline (install requirements.txt first)
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(OUT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from analysis.base import Analysis
+from common.auto_options import start_up
 from common.cli import parse_or_fail
 from common.errors import run_cli
 
@@ -31,6 +32,7 @@ def main(args: list[str] | None = None) -> object:
     config = parse_or_fail(lambda: parser.parse_args(args))
     L.seed_everything(config.seed_everything, workers=True)
     analysis = parse_or_fail(lambda: parser.instantiate_classes(config)).analysis
+    start_up()
     report_dir = analysis.run()
     print(f"report written to {report_dir}")
     return report_dir

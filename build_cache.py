@@ -14,6 +14,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from common.auto_options import start_up
 from common.cli import parse_or_fail
 from common.errors import run_cli
 from datamodules.activations import ActivationDataModule
@@ -37,6 +38,7 @@ def main(args: list[str] | None = None) -> ActivationDataModule:
     parser = build_parser()
     config = parse_or_fail(lambda: parser.parse_args(args))
     datamodule: ActivationDataModule = parse_or_fail(lambda: parser.instantiate(config)).data
+    start_up()
     start = time.perf_counter()
     datamodule.prepare_data()
     for status in datamodule.last_build:

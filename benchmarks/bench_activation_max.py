@@ -28,6 +28,7 @@ from analysis.universality.activation_max import ActMaxSettings, maximize_latent
 from analysis.universality.feature_model import FeatureHead, L2Normalize, LatentObjective, frozen  # noqa: E402
 from components.backbones import FeatureExtractor, build_backbone, default_layer  # noqa: E402
 from components.topk_sae import TopKSAE  # noqa: E402
+from common.hardware import detect  # noqa: E402
 
 
 def build_objective(arch: str, image_size: int, n_latents: int, channels: int) -> tuple[LatentObjective, list]:
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     archs = args.arch or ["resnet50", "mobilenet_v3_large"]
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(detect().line(), flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.features} features, "
           f"{args.steps} steps, {args.image_size}px, {args.channels} channel(s), {args.parameterization}")
     print(f"{'arch':<22}{'contestant':<18}{'min s':>9}{'median s':>10}{'features/s':>12}{'speed-up':>10}")

@@ -23,6 +23,7 @@ from torchvision.datasets import FashionMNIST
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.fashion_mnist import FashionMNISTDataModule  # noqa: E402
+from common.hardware import detect  # noqa: E402
 
 
 def pil_loader(root: str, batch_size: int, image_size: int | None, channels: int, limit: int | None,
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="PIL path workers")
     parser.add_argument("--quick", action="store_true", help="10k images, one repeat")
     args = parser.parse_args()
+    print(detect().line(), flush=True)
     limit = 10_000 if args.quick else None
     repeats = 1 if args.quick else args.repeats
 

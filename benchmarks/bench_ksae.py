@@ -47,6 +47,7 @@ from datamodules.fashion_mnist import FashionMNISTDataModule  # noqa: E402
 from lightning_modules.ksparse_autoencoder import KSparseAutoencoder  # noqa: E402
 from datamodules.feature_data import FeatureData
 from lightning_modules.linear_probe import LinearProbe  # noqa: E402
+from common.hardware import detect  # noqa: E402
 
 PLAIN = dict(unit_norm_decoder=False, tied_init=False, pre_bias=False, k_aux=0, k_start=None,
              k_anneal_epochs=0, revive_bias_step=0.0, lr=1e-3, lr_final_fraction=1.0, lr_decay_start=0.0)
@@ -257,6 +258,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(detect().line(), flush=True)
     settings = (f"{args.epochs} epochs, train_subset={args.train_subset}, probe {args.probe_epochs} epochs"
                 + (", quick" if args.quick else ""))
     results = {"settings": settings, "threads": torch.get_num_threads()}

@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from benchmarks.bench_ksae import default_model_args, images, trainer  # noqa: E402
 from lightning_modules.ksparse_autoencoder import KSparseAutoencoder  # noqa: E402
+from common.hardware import detect  # noqa: E402
 
 
 class AlternateSelectDtype(Callback):
@@ -56,6 +57,7 @@ def main(argv=None) -> list[float]:
     p.add_argument("--quick", action="store_true", help="8 epochs on 10,000 images")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / "data"))
     args = p.parse_args(argv)
+    print(detect().line(), flush=True)
     args.train_subset = 10_000 if args.quick else None
     epochs = 8 if args.quick else args.epochs
     options = default_model_args()

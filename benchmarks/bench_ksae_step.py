@@ -29,6 +29,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from components.ksparse import KSparseAE, linear_in  # noqa: E402
+from common.hardware import detect  # noqa: E402
 
 
 def make_step(net: KSparseAE, x: torch.Tensor, k: int):
@@ -68,6 +69,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--quick", action="store_true", help="5 repeats")
     args = p.parse_args(argv)
+    print(detect().line(), flush=True)
     repeats = 5 if args.quick else args.repeats
     torch.manual_seed(0)
     x = torch.rand(args.batch_size, 784)

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from benchmarks.bench_ksae import FitTimer  # noqa: E402
+from common.hardware import detect  # noqa: E402
 
 
 class Tiny(L.LightningModule):
@@ -69,6 +70,7 @@ def main(argv=None) -> dict[str, float]:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
+    print(detect().line(), flush=True)
     warnings.filterwarnings("ignore")
     loader = DataLoader(TensorDataset(torch.randn(args.steps * 8, 4)), batch_size=8)
     contestants = {"plain PyTorch loop": lambda: plain_ms(loader),

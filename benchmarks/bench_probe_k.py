@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from common.hardware import detect  # noqa: E402
 
 
 def probe(encoder: Path, encode_k: int, out: Path, extra: list[str]) -> dict:
@@ -45,6 +47,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_probe_k"), help="folder for the probe runs")
     p.add_argument("--quick", action="store_true", help="2 epochs on 2,048 training images (a smoke test)")
     args = p.parse_args(argv)
+    print(detect().line(), flush=True)
     encoder = Path(args.encoder)
     if not encoder.is_file():
         sys.exit(f"error: encoder '{encoder}' does not exist; train it: "

@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="time with process CPU time on 1 thread: the work each contestant does, "
                         "unaffected by other processes competing for the cores")
     p.add_argument("--skip-usae", action="store_true", help="only the single-SAE table")
+    p.add_argument("--device", default="cpu", help="where every contestant runs: cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: every phase under torch.autocast(bfloat16), as bf16-mixed training")
     return p.parse_args(argv)
 
 
@@ -58,6 +61,7 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.sae_bank import SAEBank, make_adam  # noqa: E402
 from components.topk_sae import TopKSAE  # noqa: E402
+from common.hardware import detect  # noqa: E402
 
 
 class DenseTopKSAE(nn.Module):
@@ -88,7 +92,7 @@ class DenseTopKSAE(nn.Module):
 
 def contestants(d: int, n: int, k: int, seed: int = 0):
     """name -> (forward(x) -> loss, optimizer, before_step, after_step), all on the same weights."""
-    ours = TopKSAE(d, n, k, seed=seed)
+    ours = TopKSAE(d, n, k, seed=seed).to(DEVICE)
     oc = ours.to_overcomplete()
     oc2 = ours.to_overcomplete()
     dense = DenseTopKSAE(ours)
@@ -132,13 +136,21 @@ def phases(fwd, opt, before, after, x):
 CLOCK = time.perf_counter
 
 
+DEVICE, DTYPE = torch.device("cpu"), torch.float32
+
+
 def round_robin(jobs: dict[str, callable], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Time every job once per round, ``repeats`` rounds after ``warmup`` rounds; seconds."""
+    """Time every job once per round, ``repeats`` rounds after ``warmup`` rounds; seconds (on CUDA
+    each job is synchronised before the clock stops)."""
     times = {name: [] for name in jobs}
+    sync = torch.cuda.synchronize if DEVICE.type == "cuda" else (lambda: None)
     for r in range(warmup + repeats):
         for name, job in jobs.items():
+            sync()
             t0 = CLOCK()
-            job()
+            with torch.autocast(DEVICE.type, dtype=DTYPE, enabled=DTYPE != torch.float32):
+                job()
+            sync()
             dt = CLOCK() - t0
             if r >= warmup:
                 times[name].append(dt)
@@ -153,7 +165,7 @@ def fmt(ts: list[float]) -> str:
 
 def bench_single(d: int, n: int, k: int, batch: int, repeats: int) -> list[str]:
     torch.manual_seed(0)
-    x = F.normalize(torch.randn(batch, d).abs(), dim=1)
+    x = F.normalize(torch.randn(batch, d).abs(), dim=1).to(DEVICE)
     cs, ours = contestants(d, n, k)
     jobs = {}
     for name, (fwd, opt, before, after) in cs.items():
@@ -177,11 +189,11 @@ def bench_single(d: int, n: int, k: int, batch: int, repeats: int) -> list[str]:
 
 def bench_usae(dims: dict[str, int], n: int, k: int, batch: int, repeats: int) -> list[str]:
     torch.manual_seed(0)
-    data = {name: F.normalize(torch.randn(batch, d).abs(), dim=1) for name, d in dims.items()}
-    ours = SAEBank(dims, n, k, backend="ours", seed=0)
+    data = {name: F.normalize(torch.randn(batch, d).abs(), dim=1).to(DEVICE) for name, d in dims.items()}
+    ours = SAEBank(dims, n, k, backend="ours", seed=0).to(DEVICE)
     ocs = []
     for _ in range(2):
-        oc = SAEBank(dims, n, k, backend="overcomplete", seed=0)
+        oc = SAEBank(dims, n, k, backend="overcomplete", seed=0).to(DEVICE)
         for name in dims:
             oc.saes[name].sae.load_state_dict(ours.saes[name].to_overcomplete_state_dict())
         ocs.append(oc)
@@ -216,7 +228,10 @@ def bench_usae(dims: dict[str, int], n: int, k: int, batch: int, repeats: int) -
 
 
 def main(args: argparse.Namespace) -> None:
-    global CLOCK
+    global CLOCK, DEVICE, DTYPE
+    DEVICE, DTYPE = torch.device(args.device), getattr(torch, args.dtype)
+    if args.cpu_time and DEVICE.type != "cpu":
+        raise SystemExit("error: --cpu-time measures CPU work; drop it with --device cuda")
     if args.cpu_time:  # CPU time of a multi-threaded run would count the threads' spin-waits
         if args.threads not in (None, 1):
             raise SystemExit("error: --cpu-time measures one thread; drop --threads")
@@ -225,6 +240,7 @@ def main(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     elif args.quick:  # tiny tensors: a second thread only adds synchronisation noise
         torch.set_num_threads(1)
+    print(detect().line(), flush=True)
     if args.quick:
         dims, n, k, batch, repeats = [256, 128], 1000, 8, 128, args.repeats or 5
     else:
@@ -232,7 +248,7 @@ def main(args: argparse.Namespace) -> None:
     if repeats < 5:
         raise SystemExit("error: --repeats must be at least 5")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, fp32, CPU, "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, {args.dtype}, {DEVICE}, "
           f"{'process CPU time' if args.cpu_time else 'wall-clock time'}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start")
     for d in dims:

@@ -10,6 +10,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from common.auto_options import AutoTrainer, trainer_kwargs
 from common.rng_state import RNGStateInCheckpoint
 from common.checkpoint_io import AtomicCheckpointIO
 from common.errors import UserError, find_user_error
@@ -31,6 +32,7 @@ class StudyCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         defaults["callbacks"] = [*defaults.get("callbacks", []), RNGStateInCheckpoint(), FiniteGuard()]
+        kwargs.setdefault("trainer_class", AutoTrainer)  # trainer.precision: auto; threads; start-up line
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -48,6 +50,7 @@ class StudyCLI(LightningCLI):
         kwargs["logger"] = build_loggers(config["run"], config["wandb"])
         if config.get("trainer", {}).get("plugins") is None:
             kwargs["plugins"] = [AtomicCheckpointIO()]
+        kwargs.update(trainer_kwargs(config.get("trainer", {}), self.model))  # precision: auto
         return super().instantiate_trainer(**kwargs)
 
 

@@ -9,6 +9,7 @@ that does and does not emulate).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -70,9 +71,13 @@ def cpu_native_bf16(capability: str, flags: set[str]) -> bool:
     return capability.startswith("AVX512") and not capped and bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-@functools.lru_cache(maxsize=1)
 def detect() -> Hardware:
-    """Probe this machine once per process."""
+    """This machine: probed once per process; ``threads`` is torch's current setting."""
+    return dataclasses.replace(_probe(), threads=torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> Hardware:
     model, flags = _cpu_flags()
     capability = torch.backends.cpu.get_cpu_capability()
     cuda = torch.cuda.is_available()

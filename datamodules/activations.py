@@ -9,13 +9,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from common.auto_options import basis, note, resolve_compile
 from common.errors import UserError
 from common.io import check_writable_dir
 from datamodules.image_datamodule import ImageDataModule, Split
@@ -85,17 +86,18 @@ class ActivationDataModule(L.LightningDataModule):
         extract_batch_size: images per forward pass while extracting.
         seed: seeds the per-epoch shuffling (linked to ``seed_everything`` by ``train.py``).
         precision: extraction autocast: ``32``, ``bf16``, ``16``, or ``auto``: an existing cache at
-            any precision is accepted, a new one is built in bf16 on a CUDA GPU that has it, else
-            fp32 (bf16 is several times slower on CPUs without AVX-512 BF16). Part of the cache key.
+            any precision is accepted, a new one is built in bf16 where bfloat16 is native on the
+            device (CUDA with bf16, a CPU with AVX512-BF16/AMX), else fp32 (emulated bf16 is
+            several times slower). Part of the cache key.
         device: where extraction runs: ``auto`` (CUDA if available), ``cpu``, ``cuda:0``...
         rebuild: ``auto`` re-extracts missing/stale/corrupted entries; ``never`` stops with an
             error instead (use it to insist on the exact cache an earlier stage built).
         drop_last: drop the last incomplete training batch.
         progress: progress bars (with ETA) and one status line per cache entry on stderr.
         compile: extract with an inductor-compiled copy of each backbone cut at its layer
-            (``features.extractor.compile_extractor``): ~1.4-1.7× faster on CPU after ~30 s of
-            compilation per backbone, so only for long CPU extractions. Not part of the cache key
-            (same features up to float rounding).
+            (``features.extractor.compile_extractor``): faster per image, after ~30 s of
+            compilation per backbone, so only for long extractions; ``auto``: on CUDA only. Not
+            part of the cache key (same features up to float rounding).
     """
 
     def __init__(
@@ -112,7 +114,7 @@ class ActivationDataModule(L.LightningDataModule):
         rebuild: Rebuild = "auto",
         drop_last: bool = False,
         progress: bool = True,
-        compile: bool = False,
+        compile: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         if not backbones:
@@ -145,7 +147,13 @@ class ActivationDataModule(L.LightningDataModule):
         self.device = device
         self.drop_last = drop_last
         self.progress = progress
-        self.compile = compile
+        extract_on = resolve_device(device)  # a CUDA device asked for but missing fails here
+        self.compile = resolve_compile(compile, extract_on)
+        if compile == "auto":
+            note("data.compile", self.compile, basis(extract_on))
+        if precision == "auto":
+            note("data.precision", resolve_precision("auto", extract_on),
+                 basis(extract_on) + "; an existing cache is reused at its precision")
         self.cache = ActivationCache(cache_dir, normalization, rebuild, verbose=progress)
         self.last_build: list[EntryStatus] = []
         self._features: dict[str, dict[str, Tensor]] = {}

@@ -3,16 +3,17 @@
 What makes it fast (measured in ``benchmarks/bench_extraction.py``): ``torch.inference_mode``
 (no autograd bookkeeping), channels-last weights and inputs (oneDNN / cuDNN pick NHWC kernels,
 about 2× on CPU for ResNet50), large batches, the forward pass stopped at the feature layer, and
-whole-batch preprocessing instead of per-sample PIL transforms. bf16/fp16 autocast is used only
-where the hardware has fast kernels for it (CUDA); on a CPU without AVX-512 BF16 it is several
-times slower, so ``precision: auto`` keeps fp32 there.
+whole-batch preprocessing instead of per-sample PIL transforms. bf16 autocast is used by
+``precision: auto`` only where bfloat16 is native on the device (CUDA with bf16; a CPU with
+AVX512-BF16/AMX); on a CPU without it bf16 is emulated and several times slower, so fp32 is kept.
 
 ``compile=True`` traces the backbone with torch.fx, cuts it after the feature layer (torchvision's
 ``create_feature_extractor``) and compiles it with TorchInductor's weight freezing (BatchNorm
 folded into convolutions, oneDNN-prepacked weights, fused element-wise ops). Measured on 2 CPU
 cores: ResNet50 at 224×224 about 1.7× faster than eager channels-last, at 32×32 about 1.4×, after
-~25-40 s of compilation per backbone; worth it for long CPU extractions only. The last batch is
-zero-padded to full size so one compiled graph serves every batch.
+~25-40 s of compilation per backbone; worth it for long CPU extractions only, so ``compile: auto``
+compiles on CUDA only (``common.auto_options.resolve_compile``). The last batch is zero-padded to
+full size so one compiled graph serves every batch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from common.auto_options import resolve_compile, resolve_extraction_precision
 from common.errors import UserError
 from components.backbones import FeatureExtractor
 
@@ -49,13 +51,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> str:
-    """``"auto"`` → ``"bf16"`` on a CUDA GPU with bf16 support, else ``"32"``; others unchanged."""
-    if precision == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return "bf16" if bf16 else "32"
-    if precision not in ("32", "bf16", "16"):
-        raise UserError(f"precision must be auto, 32, bf16 or 16, got '{precision}'")
-    return precision
+    """``"auto"`` → ``"bf16"`` where bfloat16 is native on ``device`` (CUDA with bf16, a CPU with
+    AVX512-BF16/AMX), else ``"32"``; others unchanged (``common.auto_options``)."""
+    return resolve_extraction_precision(precision, device)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -119,7 +117,7 @@ def extract_features(
     channels_last: bool = True,
     progress: bool = True,
     desc: str = "extract",
-    compile: bool = False,
+    compile: bool | Literal["auto"] = False,
 ) -> Tensor:
     """Features ``(N, d)`` float32 on the CPU for uint8 images ``(N, C, H, W)``, row i = image i.
 
@@ -133,12 +131,14 @@ def extract_features(
         channels_last: NHWC weights and inputs.
         progress: a tqdm bar with images/s and ETA on stderr.
         desc: label of the bar.
-        compile: run an inductor-compiled, truncated copy of the backbone (see module doc).
+        compile: run an inductor-compiled, truncated copy of the backbone (see module doc);
+            ``"auto"``: on CUDA only.
     """
     if batch_size < 1:
         raise UserError(f"extract_batch_size must be at least 1, got {batch_size}")
     device = resolve_device(device) if isinstance(device, str) else device
     precision = resolve_precision(precision, device)
+    compile = resolve_compile(compile, device)
     extractor = extractor.eval().to(device)
     if channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)

@@ -70,5 +70,6 @@ def tiny_activation_dm(cache_dir: str | Path, checkpoints: dict[str, Path], name
 
     arch = {"r18": "resnet18", "mb": "mobilenet_v3_small"}
     specs = [BackboneSpec(name, arch[name], str(checkpoints[name])) for name in names]
-    kwargs = {"batch_size": 8, "extract_batch_size": 16, "progress": False, **kwargs}
+    # precision 32: the same cache on every machine (auto would pick bf16 where it is native)
+    kwargs = {"batch_size": 8, "extract_batch_size": 16, "progress": False, "precision": "32", **kwargs}
     return ActivationDataModule(specs, images or TinyImages(), cache_dir=str(cache_dir), **kwargs)
