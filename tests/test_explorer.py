@@ -288,3 +288,102 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     assert {"no_checkpoint": "does not exist", "no_report": "report.json", "other_cache": "activation cache",
             "latent_out_of_range": str(N_LATENTS)}[case] in err[0]
     assert not out.exists() and not [p for p in tmp_path.glob(".explorer*")]
+
+
+# ----- the k-sparse explorer ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ksparse_runs(tmp_path_factory, fashion_data_dir):
+    """A tiny k-sparse AE (64 units) and a probe on its codes, trained without a Trainer."""
+    import torch.nn.functional as F
+
+    from components.ksparse import KSparseAE
+    from datamodules.fashion_mnist import FashionMNISTDataModule
+
+    torch.manual_seed(0)
+    data = FashionMNISTDataModule(data_dir=str(fashion_data_dir), train_subset=2048, val_size=256)
+    images, labels = data.split("train")
+    x = data.transform(images).flatten(1)
+    net = KSparseAE(784, 64, 8, True, True, True, True, 1.0, torch.float32)
+    net.init_pre_bias(x.mean(0))
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(2):
+        for batch in x.split(256):
+            loss = F.mse_loss(net(batch).recon, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            net.project_decoder_grad()
+            optimizer.step()
+            net.normalize_decoder()
+    with torch.no_grad():
+        codes = net.encode(x)
+    classifier = torch.nn.Linear(64, 10)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss = F.cross_entropy(classifier(codes), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    root = tmp_path_factory.mktemp("ksparse_runs")
+    (root / "ksae").mkdir()
+    (root / "probe").mkdir()
+    torch.save(net.encoder.state_dict(), root / "ksae" / "encoder.pth")
+    torch.save(net.decoder.state_dict(), root / "ksae" / "decoder.pth")
+    torch.save(classifier.state_dict(), root / "probe" / "classifier.pth")
+    return {"ksae": root / "ksae", "probe": root / "probe", "data": data}
+
+
+def test_single_unit_ablation_equals_zeroing_the_unit():
+    from analysis.explorer.ksparse import single_unit_ablation
+    from analysis.ksparse.ablation import ablate
+
+    g = torch.Generator().manual_seed(0)
+    codes = torch.relu(torch.randn(300, 16, generator=g) - 0.5)
+    labels = torch.randint(0, 3, (300,), generator=g)
+    classifier = torch.nn.Linear(16, 3)
+    torch.nn.init.normal_(classifier.weight, generator=g)
+    fast = single_unit_ablation(classifier, codes, labels)
+    with torch.no_grad():
+        base = (classifier(codes).argmax(1) == labels).double().mean().item()
+        for unit in (0, 7, 15):
+            for c in range(3):
+                slow = ablate(classifier, codes, labels, torch.tensor([unit]), c)
+                assert fast["logit_drop"][unit, c] == pytest.approx(slow["logit_drop"], abs=1e-5)
+                class_base = (classifier(codes[labels == c]).argmax(1) == c).double().mean().item()
+                assert fast["class_accuracy_change"][unit, c] == pytest.approx(slow["class_accuracy"] - class_base,
+                                                                               abs=1e-9)
+            assert fast["accuracy_change"][unit] == pytest.approx(slow["accuracy"] - base, abs=1e-9)
+
+
+def test_ksparse_explorer_site(ksparse_runs, tmp_path):
+    from analysis.explorer.ksparse import KSparseExplorer
+
+    out = tmp_path / "explorer"
+    KSparseExplorer(ksparse_runs["data"], str(ksparse_runs["ksae"]), str(ksparse_runs["probe"]), str(out),
+                    n_top_images=4).run()
+    data = json.loads((out / "latents.json").read_text())
+    assert data["meta"]["n_latents"] == 64 and data["meta"]["kind"] == "ksparse"
+    rec = data["records"][str(data["rows"][0][0])]
+    assert len(rec["bars"][0]["values"]) == 10 and len(rec["tables"][0]["rows"]) == 10
+    assert rec["models"][0]["pictures"][0]["ref"][0] == "atoms"
+    if CHROMIUM.exists():
+        with Browser(tmp_path / "profile") as b:
+            b.open((out / "index.html").as_uri())
+            first = b.eval("document.querySelector('#table tbody tr').dataset.id")
+            b.navigate_by(f"document.querySelector('a[href=\"latent.html#{first}\"]').click()")
+            b.wait("[...document.images].every(i => i.complete)")
+            assert b.eval("[...document.images].filter(i => i.naturalWidth > 0).length") == \
+                b.eval("document.images.length") > 1
+            assert b.errors == []
+
+
+def test_ksparse_explorer_bad_unit_and_missing_run(ksparse_runs, tmp_path):
+    from analysis.explorer.ksparse import KSparseExplorer
+    from common.errors import UserError
+
+    out = tmp_path / "explorer"
+    with pytest.raises(UserError, match="64"):
+        KSparseExplorer(ksparse_runs["data"], str(ksparse_runs["ksae"]), str(ksparse_runs["probe"]), str(out),
+                        units=[64]).run()
+    with pytest.raises(UserError, match="encoder.pth"):
+        KSparseExplorer(ksparse_runs["data"], str(tmp_path), str(ksparse_runs["probe"]), str(out)).run()
+    assert not out.exists()

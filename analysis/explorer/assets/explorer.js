@@ -131,8 +131,8 @@ var Explorer = (function () {
         th.className = th.className.replace(/ ?sorted-(asc|desc)/g, "") +
           (th.getAttribute("data-key") === state.sort ? (dir > 0 ? " sorted-asc" : " sorted-desc") : "");
       });
-      el("count").textContent = list.length + " of " + rows.length + " live latents (" + META.n_latents +
-        " in all, " + (META.n_latents - rows.length) + " never fire on the " + META.n_images + " " + META.split + " images)";
+      el("count").textContent = list.length + " of " + rows.length + " " + META.unit_name + "s shown (" + META.n_latents +
+        " in all; those that never fire on the " + META.n_images + " " + META.split + " images have no row)";
       el("p-info").textContent = "page " + (state.page + 1) + " / " + pages;
       el("p-prev").disabled = state.page === 0;
       el("p-next").disabled = state.page >= pages - 1;
