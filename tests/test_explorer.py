@@ -354,12 +354,21 @@ def test_single_unit_ablation_equals_zeroing_the_unit():
             assert fast["accuracy_change"][unit] == pytest.approx(slow["accuracy"] - base, abs=1e-9)
 
 
-def test_ksparse_explorer_site(ksparse_runs, tmp_path):
+def test_ksparse_explorer_site_and_wandb_table(ksparse_runs, tmp_path, monkeypatch):
     from analysis.explorer.ksparse import KSparseExplorer
+    from common.run_options import WandbOptions
 
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
     out = tmp_path / "explorer"
     KSparseExplorer(ksparse_runs["data"], str(ksparse_runs["ksae"]), str(ksparse_runs["probe"]), str(out),
-                    n_top_images=4).run()
+                    n_top_images=4, wandb=WandbOptions(enabled=True, mode="offline"), wandb_rows=5).run()
+    run_dir = list((tmp_path / "wandb").glob("**/offline-run-*"))
+    assert len(run_dir) == 1
+    tables = list(run_dir[0].glob("**/media/table/**/*.json"))
+    assert len(tables) == 1 and len(json.loads(tables[0].read_text())["data"]) == 5
+    staged = [p for p in (tmp_path / "wandb_data").rglob("*") if p.is_file() and p.read_bytes()[:4] == b"\x89PNG"]
+    assert len(staged) == 10  # the artifact's table: atom and top image of each of the 5 rows
     data = json.loads((out / "latents.json").read_text())
     assert data["meta"]["n_latents"] == 64 and data["meta"]["kind"] == "ksparse"
     rec = data["records"][str(data["rows"][0][0])]

@@ -1,9 +1,10 @@
 """Drive headless Chromium over the DevTools protocol (CDP, via aiohttp's websocket client): open the
 explorer, run JavaScript, collect console errors, time the index page.
 
-    python -m analysis.explorer.browser runs/fashion_mnist_usae/main/explorer [--runs 5]
+    python -m analysis.explorer.browser runs/fashion_mnist_usae/main/explorer [more sites] [--runs 5]
 
-prints (and writes to ``<site>/browser_timing.json``) the index page's time to interactive:
+writes to ``<site>/browser_timing.json`` (and prints as a Markdown table, with ``build.json``'s build
+time and size) the index page's time to interactive:
 ``performance.now()`` when the table has rendered and handlers are attached (the ``data-ready-ms``
 marker the viewer sets), i.e. from navigation start, over fresh page loads; plus any console error.
 """
@@ -203,19 +204,31 @@ def measure(site: Path, runs: int = 5) -> dict:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Time each site's index page; write ``browser_timing.json`` into it; print a Markdown table of
+    the build (``build.json``) and browser figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("site", type=Path, help="the explorer folder (holds index.html)")
+    parser.add_argument("sites", type=Path, nargs="+", help="explorer folders (each holds index.html)")
     parser.add_argument("--runs", type=int, default=5, help="fresh page loads to time")
     args = parser.parse_args(argv)
-    if not (args.site / "index.html").is_file():
-        raise SystemExit(f"error: '{args.site}' holds no index.html; build the explorer first")
-    result = measure(args.site, args.runs)
     from common.io import atomic_write_json
 
-    atomic_write_json(args.site / "browser_timing.json", result)
-    print(json.dumps(result, indent=1))
-    return result
+    results, lines = [], ["| explorer | pages | build (s) | whole command (s) | threads | size (MB) | index ready "
+                          f"(ms, median of {args.runs}) | re-sort (ms) | console errors |",
+                          "|---|---|---|---|---|---|---|---|---|"]
+    for site in args.sites:
+        if not (site / "index.html").is_file():
+            raise SystemExit(f"error: '{site}' holds no index.html; build the explorer first")
+        result = measure(site, args.runs)
+        atomic_write_json(site / "browser_timing.json", result)
+        build = json.loads((site / "build.json").read_text()) if (site / "build.json").is_file() else {}
+        nan = float("nan")
+        lines.append(f"| {site} | {build.get('latents', '?')} | {build.get('timings_s', {}).get('total', nan):.1f} "
+                     f"| {build.get('process_s') or nan:.1f} | {build.get('threads', '?')} | {build.get('bytes', 0) / 1e6:.1f} | {result['ready_ms_median']:.0f} "
+                     f"| {result['resort_ms']:.0f} | {len(result['console_errors'])} |")
+        results.append(result)
+    print("\n".join(lines))
+    return results
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from analysis.base import Analysis
 from analysis.explorer.records import (class_counts, fires_matrix, histograms, similar_by_coactivation,
                                        similar_by_decoder, to_csr, top_images)
-from analysis.explorer.site import folder_size, write_site
+from analysis.explorer.site import folder_size, process_seconds, write_site
 from analysis.explorer.sprites import SpriteBook, diverging, to_uint8_hwc
 from analysis.explorer.wandb_export import log_index_table
 from analysis.ksparse.artifacts import load_probed_autoencoder
@@ -219,8 +219,9 @@ class KSparseExplorer(Analysis):
         write_site(self.output_dir, meta, rows, records, [images, atoms], self.chunk_size)
         total = time.perf_counter() - start
         size = folder_size(self.output_dir)
-        atomic_write_json(self.output_dir / "build.json", {"timings_s": {"total": total}, "bytes": size,
-                                                           "latents": len(rows), "n_latents": model.n_units})
+        atomic_write_json(self.output_dir / "build.json", {
+            "timings_s": {"total": total}, "bytes": size, "latents": len(rows), "n_latents": model.n_units,
+            "threads": torch.get_num_threads(), "process_s": process_seconds()})
         print(f"[explorer] {self.output_dir / 'index.html'}: {len(rows)} units, {size / 1e6:.1f} MB, {total:.1f} s",
               flush=True)
         if self.wandb.enabled:

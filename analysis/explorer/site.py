@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -74,6 +75,16 @@ def write_site(output_dir: str | Path, meta: dict, rows: list[list[Any]], record
                       "records": {key: rec for chunk in chunks.values() for key, rec in chunk.items()}}
         (out / "latents.json").write_text(_dumps(everything) + "\n", encoding="utf-8")
     return output_dir
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (imports and data loading included); None off Linux."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def folder_size(folder: Path) -> int:

@@ -21,7 +21,7 @@ from lightning import LightningDataModule
 
 from analysis.base import Analysis
 from analysis.explorer.records import UsaeRecords, pair_key, usae_records
-from analysis.explorer.site import folder_size, write_site
+from analysis.explorer.site import folder_size, process_seconds, write_site
 from analysis.explorer.sprites import SpriteBook, to_uint8_hwc
 from analysis.explorer.wandb_export import log_index_table
 from analysis.universality import inputs
@@ -200,7 +200,7 @@ class ConceptExplorer(Analysis):
         size = folder_size(self.output_dir)
         atomic_write_json(self.output_dir / "build.json", {
             "timings_s": self.timings, "bytes": size, "latents": int(len(shown)), "n_latents": n_latents,
-            "codes": how, "threads": torch.get_num_threads()})
+            "codes": how, "threads": torch.get_num_threads(), "process_s": process_seconds()})
         print(f"[explorer] {self.output_dir / 'index.html'}: {len(shown)} latents, {size / 1e6:.1f} MB, "
               f"{self.timings['total']:.1f} s", flush=True)
         if self.wandb.enabled:

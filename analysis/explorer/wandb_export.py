@@ -11,7 +11,8 @@ from common.run_options import WandbOptions
 
 def log_index_table(options: WandbOptions, run_name: str, save_dir: Path, columns: Sequence[dict],
                     rows: Sequence[Sequence[Any]], books: Mapping[str, SpriteBook], max_rows: int) -> str | None:
-    """Log the first ``max_rows`` index rows under ``explorer/index``; returns the run's local folder."""
+    """Log the first ``max_rows`` index rows as ``explorer/index`` and as an artifact table (which holds
+    the thumbnails; offline, they wait in W&B's staging folder for ``wandb sync``); returns the run's folder."""
     if not options.enabled:
         return None
     import wandb
@@ -36,6 +37,10 @@ def log_index_table(options: WandbOptions, run_name: str, save_dir: Path, column
         table = wandb.Table(columns=[c["label"] for c in columns],
                             data=[[value(c, v) for c, v in zip(columns, row)] for row in rows[:max_rows]])
         run.log({"explorer/index": table})
+        # a run-level table keeps only placeholders for images; an artifact carries the images themselves
+        artifact = wandb.Artifact(f"explorer-index-{run.id}", type="explorer-index")
+        artifact.add(table, "index")
+        run.log_artifact(artifact)
         return str(Path(run.dir).parent)
     finally:
         run.finish()
