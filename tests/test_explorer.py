@@ -79,6 +79,19 @@ def test_best_match_and_similarity_agree_with_dense_computations():
     assert best.tolist() == dense.argmax(1).tolist()
     assert r == pytest.approx(dense.max(1), abs=1e-9)
     assert best[5] == 0 and best[2] == 1 and r[5] > 0.99
+    from analysis.universality.correlation import pearson_columns
+    from metrics.universality import CoFiring, FiringEntropy
+
+    assert R.same_index_r(R.to_csr(a), R.to_csr(b), ok) == pytest.approx(pearson_columns(a, b), abs=1e-9)
+    rec = R.usae_records({"a": a, "b": b}, torch.zeros(200, dtype=torch.long), 1,
+                         {"a": torch.randn(12, 3, generator=g), "b": torch.randn(12, 5, generator=g)},
+                         0.0, 0.2, 0.8, 1, 3, 4, 2)
+    cof, ent = CoFiring(12, 2), FiringEntropy(12, 2)
+    cof.update([a, b])
+    ent.update([a, b])
+    assert rec.iou_all == pytest.approx(cof.compute()["iou"].numpy(), nan_ok=True)
+    assert rec.entropy == pytest.approx(ent.compute()["entropy"].numpy(), nan_ok=True)
+    assert rec.decoder_cos["a|b"] is None  # 3-d and 5-d atoms are never compared
     fires = R.fires_matrix(R.to_csr(a), 0.0)
     ids, jac = R.similar_by_coactivation(fires, 2, np.arange(12))
     f = (a > 0).numpy()
@@ -247,11 +260,20 @@ def test_reuses_the_report_codes_when_they_match(runs, tmp_path):
     split = inputs.load_split(dm, "test")
     codes = extract_codes(inputs.load_system(ckpt, "usae"), split.features, 64)
     save_sparse_codes(report / "codes_usae.npz", codes, ckpt, "test")
+    # the report's activation-maximisation images of one latent, as UniversalityStudy saves them
+    alive = int(torch.nonzero((codes.codes[codes.names[0]] > 0).any(0))[0])
+    np.savez_compressed(report / "act_max_images.npz", latents=np.array([alive]),
+                        **{m: np.full((1, 3, 32, 32), 0.5, np.float32) for m in codes.names})
+    (report / "report.json").write_text(json.dumps({"visualised": {"activation_max": {
+        m: [{"latent": alive, "start": 0.1, "final": 2.5}] for m in codes.names}}}))
     out = tmp_path / "explorer"
     analyze.main(explorer_args(runs, out, "--analysis.init_args.report_dir", str(report)))
     build = json.loads((out / "build.json").read_text())
     assert build["codes"] == "reused from the report"
     first = json.loads((out / "latents.json").read_text())
+    pictures = {k: [p for m in r["models"] for p in m["pictures"] if p.get("ref")] for k, r in first["records"].items()}
+    assert [k for k, p in pictures.items() if p] == [str(alive)]
+    assert all("0.10 → 2.50" in p["caption"] for p in pictures[str(alive)]) and len(pictures[str(alive)]) == 2
     save_sparse_codes(report / "codes_usae.npz", codes, runs["independent"] / "checkpoints" / "last.ckpt", "test")
     analyze.main(explorer_args(runs, out, "--analysis.init_args.report_dir", str(report)))
     assert json.loads((out / "build.json").read_text())["codes"] == "encoded"

@@ -132,7 +132,7 @@ class KSparseExplorer(Analysis):
         counts = np.asarray(fires.sum(0)).ravel().astype(np.int64)
         alive = np.flatnonzero(counts > 0)
         upper = csr.max(0).toarray().ravel().astype(np.float64)
-        top_rows, top_codes = top_images(codes, self.n_top_images, 0.0)
+        top_rows, top_codes = top_images(csr, self.n_top_images, 0.0)
         hist = histograms(csr, 0.0, upper, self.hist_bins)
         cls = class_counts(fires, y.numpy(), n_classes)
         mean_code = np.asarray(csr.sum(0)).ravel() / np.maximum(counts, 1)

@@ -1,15 +1,16 @@
 """Per-latent numbers of the concept explorer, computed for every latent at once from one split's codes.
 
-Inputs are the (N, n) TopK codes of each model (dense torch tensors or scipy CSR), the (N,) labels
+Inputs are the (N, n) TopK codes of each model (scipy CSR, or dense tensors), the (N,) labels
 and the (n, d_m) decoder dictionaries. Firing is ``code > threshold``. Products of firing patterns
 use scipy.sparse (TopK codes hold ≤ k non-zeros per row, so a latent-by-latent co-firing matrix
 costs ~N·k² operations instead of N·n²).
 
 Definitions (the explorer's docs repeat them):
 
-* firing entropy and the universal / model-specific tag: ``analysis.universality.entropy``;
-* same-index r: Pearson r of two models' codes of latent f over the images
-  (``analysis.universality.correlation.pearson_columns``), NaN if f fires on fewer than
+* firing entropy (``metrics.universality.FiringEntropy``, as in the report) and the tag: universal
+  (H ≥ hi), specific (H ≤ lo), else intermediate;
+* same-index r: Pearson r of two models' codes of latent f over the images (what
+  ``analysis.universality.correlation.pearson_columns`` gives), NaN if f fires on fewer than
   ``min_activations`` images in either model;
 * best independent match: for latent f of the USAE in model m, the latent g of model m's independent
   SAE whose codes have the highest Pearson r with f's codes (same images), and that r;
@@ -31,10 +32,7 @@ import torch
 from scipy import sparse
 from torch import Tensor
 
-from analysis.universality.codes import SplitCodes
-from analysis.universality.correlation import pearson_columns
-from analysis.universality.entropy import firing_entropy
-from metrics.universality import CoFiring
+from metrics.universality import FiringEntropy
 
 CHUNK = 512  # latents per block in the latent-by-latent products (caps memory at CHUNK·n floats)
 
@@ -55,15 +53,25 @@ def fires_matrix(codes: sparse.csr_matrix, threshold: float) -> sparse.csc_matri
     return fires.tocsc()
 
 
-def top_images(codes: Tensor, count: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def top_images(codes: Tensor | np.ndarray | sparse.spmatrix, count: int,
+               threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """The ``count`` images with the highest code of every latent: (n, count) image rows and codes,
-    best first (``torch.topk``); slots where the latent does not fire (code ≤ threshold) get row -1
-    and code NaN."""
-    count = min(count, int(codes.shape[0]))
-    top, order = torch.topk(codes.detach().cpu().float(), count, dim=0)  # (count, n)
-    top, order = top.T.numpy().astype(np.float64), order.T.numpy()
-    firing = top > threshold
-    return np.where(firing, order, -1), np.where(firing, top, np.nan)
+    best first, ties to the lower row; slots where the latent does not fire (code ≤ threshold) get
+    row -1 and code NaN. Sparse: one sort of the non-zeros by (latent, −code, row)."""
+    csc = to_csr(codes).tocsc()
+    n = csc.shape[1]
+    cols = np.repeat(np.arange(n), np.diff(csc.indptr))
+    keep = csc.data > threshold
+    vals, rows, cols = csc.data[keep].astype(np.float64), csc.indices[keep], cols[keep]
+    order = np.lexsort((rows, -vals, cols))
+    vals, rows, cols = vals[order], rows[order], cols[order]
+    rank = np.arange(cols.size) - np.searchsorted(cols, np.arange(n))[cols]
+    sel = rank < count
+    out_rows = np.full((n, count), -1, dtype=np.int64)
+    out_vals = np.full((n, count), np.nan)
+    out_rows[cols[sel], rank[sel]] = rows[sel]
+    out_vals[cols[sel], rank[sel]] = vals[sel]
+    return out_rows, out_vals
 
 
 def histograms(codes: sparse.csr_matrix, threshold: float, upper: np.ndarray, bins: int) -> np.ndarray:
@@ -97,6 +105,30 @@ def _column_moments(m: sparse.csc_matrix) -> tuple[np.ndarray, np.ndarray]:
     mean = np.asarray(m.sum(0)).ravel() / n
     sq = np.asarray(m.multiply(m).sum(0)).ravel() / n
     return mean, np.sqrt(np.maximum(sq - mean ** 2, 0.0))
+
+
+def same_index_r(a: sparse.spmatrix, b: sparse.spmatrix, eligible: np.ndarray) -> np.ndarray:
+    """(n,) Pearson r over the rows between column f of ``a`` and column f of ``b`` (both (N, n)), for
+    ``eligible`` (n,) bool columns, NaN elsewhere or where either is constant (what
+    ``analysis.universality.correlation.pearson_columns`` gives, from sparse codes)."""
+    a, b = a.tocsc().astype(np.float64), b.tocsc().astype(np.float64)
+    mu_a, sd_a = _column_moments(a)
+    mu_b, sd_b = _column_moments(b)
+    cross = np.asarray(a.multiply(b).sum(0)).ravel() / a.shape[0]
+    ok = eligible & (sd_a > 1e-12) & (sd_b > 1e-12)
+    r = np.full(a.shape[1], np.nan)
+    r[ok] = np.clip((cross[ok] - mu_a[ok] * mu_b[ok]) / (sd_a[ok] * sd_b[ok]), -1, 1)
+    return r
+
+
+def entropy_from_counts(counts: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Firing entropy (n,) (NaN for dead) and dead (n,) from (M, n) fire counts, by the report's metric
+    (``metrics.universality.FiringEntropy``, its count state filled from the sparse codes)."""
+    metric = FiringEntropy(counts.shape[1], counts.shape[0], threshold)
+    metric.fire_counts = torch.from_numpy(counts.astype(np.float64))
+    metric._update_count = 1  # the state is filled: compute() without its "update was never called" warning
+    res = metric.compute()
+    return res["entropy"].numpy().astype(np.float64) + 0.0, res["dead"].numpy().astype(bool)
 
 
 def best_match(a: sparse.csr_matrix, b: sparse.csr_matrix, eligible_a: np.ndarray,
@@ -148,7 +180,7 @@ def similar_by_coactivation(fires_any: sparse.csc_matrix, count: int,
                             latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each latent in ``latents``: the ``count`` others (among ``latents``) with the highest Jaccard
     index of their firing sets ``fires_any`` (N, n) 0/1; (L, count) ids and indices."""
-    sub = fires_any[:, latents].astype(np.float64).tocsc()
+    sub = fires_any[:, latents].astype(np.float32).tocsc()
     sizes = np.asarray(sub.sum(0)).ravel()
     count = min(count, max(0, len(latents) - 1))
     subt = sub.T.tocsr()
@@ -159,7 +191,9 @@ def similar_by_coactivation(fires_any: sparse.csc_matrix, count: int,
         union = sizes[start:stop, None] + sizes[None, :] - inter
         jac = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
         jac[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        top = np.argsort(-jac, axis=1, kind="stable")[:, :count]
+        part = np.argpartition(-jac, count - 1, axis=1)[:, :count] if 0 < count < jac.shape[1] else \
+            np.tile(np.arange(jac.shape[1]), (jac.shape[0], 1))[:, :count]
+        top = np.take_along_axis(part, np.argsort(-np.take_along_axis(jac, part, 1), axis=1, kind="stable"), 1)
         ids.append(latents[top])
         vals.append(np.take_along_axis(jac, top, 1))
     if not ids:
@@ -231,29 +265,24 @@ def tags(entropy: np.ndarray, dead: np.ndarray, fires: np.ndarray, names: Sequen
     return out
 
 
-def usae_records(codes: Mapping[str, Tensor], labels: Tensor, n_classes: int, dictionaries: Mapping[str, Tensor],
-                 threshold: float, lo: float, hi: float, min_activations: int, n_top: int, bins: int,
-                 n_similar: int, independent: Mapping[str, Tensor] | None = None,
+def usae_records(codes: Mapping[str, Tensor | sparse.spmatrix], labels: Tensor, n_classes: int,
+                 dictionaries: Mapping[str, Tensor], threshold: float, lo: float, hi: float, min_activations: int,
+                 n_top: int, bins: int, n_similar: int,
+                 independent: Mapping[str, Tensor | sparse.spmatrix] | None = None,
                  device: str | torch.device = "cpu") -> UsaeRecords:
-    """All explorer numbers of a USAE: ``codes`` model -> (N, n) codes in model order, ``labels`` (N,),
-    ``dictionaries`` model -> (n, d_m) decoder atoms, ``independent`` model -> (N, n) codes of the
-    independent SAEs (optional: the best-match columns)."""
+    """All explorer numbers of a USAE: ``codes`` model -> (N, n) codes (dense or CSR) in model order,
+    ``labels`` (N,), ``dictionaries`` model -> (n, d_m) decoder atoms, ``independent`` model -> (N, n)
+    codes of the independent SAEs (optional: the best-match columns)."""
     names = list(codes)
-    split = SplitCodes(names, dict(codes), dict(codes))
-    entropy = firing_entropy(split, threshold, lo, hi, 2) if len(names) > 1 else None
     csr = {m: to_csr(codes[m]) for m in names}
     fires = {m: fires_matrix(csr[m], threshold) for m in names}
     counts = np.stack([np.asarray(fires[m].sum(0)).ravel() for m in names]).astype(np.int64)
-    dead = counts.sum(0) == 0
-    if entropy is not None:
-        h, dead = entropy.entropy, entropy.dead
-    else:
-        h = np.where(dead, np.nan, 0.0)
+    h, dead = entropy_from_counts(counts, threshold)
     labels_np = labels.cpu().numpy().astype(np.int64)
     upper = np.max(np.stack([csr[m].max(0).toarray().ravel() for m in names]), 0).astype(np.float64)
     per_model = {}
     for j, m in enumerate(names):
-        rows, top = top_images(codes[m], n_top, threshold)
+        rows, top = top_images(csr[m], n_top, threshold)
         total = np.asarray(csr[m].multiply(fires[m].tocsr()).sum(0)).ravel()
         per_model[m] = ModelRecords(counts[j], np.where(counts[j] > 0, total / np.maximum(counts[j], 1), np.nan),
                                     rows, top, histograms(csr[m], threshold, upper, bins),
@@ -267,28 +296,24 @@ def usae_records(codes: Mapping[str, Tensor], labels: Tensor, n_classes: int, di
     same, iou, cos = {}, {}, {}
     for a, b in combinations(names, 2):
         key = pair_key(a, b)
-        s = np.full(h.shape, np.nan)
-        both = np.flatnonzero((per_model[a].fires >= min_activations) & (per_model[b].fires >= min_activations))
-        if both.size:
-            s[both] = pearson_columns(codes[a][:, both], codes[b][:, both])
-        same[key], iou[key] = s, pair_iou(fires[a], fires[b])
+        eligible = (per_model[a].fires >= min_activations) & (per_model[b].fires >= min_activations)
+        same[key], iou[key] = same_index_r(csr[a], csr[b], eligible), pair_iou(fires[a], fires[b])
         da, db = dictionaries[a].detach().float(), dictionaries[b].detach().float()
         cos[key] = (torch.nn.functional.cosine_similarity(da, db, dim=1).numpy().astype(np.float64)
                     if da.shape == db.shape else None)
-    cof = CoFiring(split.n_latents, len(names), threshold)
-    cof.update(split.code_list())
-    iou_all = cof.compute()["iou"].cpu().numpy()
+    every, any_fire = fires[names[0]], fires[names[0]]
+    for m in names[1:]:
+        every, any_fire = every.multiply(fires[m]).tocsc(), any_fire.maximum(fires[m]).tocsc()
+    n_every, n_any = np.asarray(every.sum(0)).ravel(), np.asarray(any_fire.sum(0)).ravel()
+    iou_all = np.where(n_any > 0, n_every / np.maximum(n_any, 1), np.nan)
     total_classes = sum(per_model[m].classes for m in names)
     n_fire = total_classes.sum(1)
     dominant = total_classes.argmax(1)
     purity = np.where(n_fire > 0, total_classes.max(1) / np.maximum(n_fire, 1), np.nan)
     alive = np.flatnonzero(~dead)
-    any_fire = fires[names[0]]
-    for m in names[1:]:
-        any_fire = any_fire.maximum(fires[m])
     return UsaeRecords(
         names=names, n_images=int(labels_np.size), entropy=h, dead=dead,
         tag=tags(h, dead, counts, names, lo, hi), models=per_model, hist_upper=upper, same_index=same,
         iou=iou, decoder_cos=cos, iou_all=iou_all, dominant=dominant, purity=purity, alive=alive,
         similar_decoder=similar_by_decoder([dictionaries[m] for m in names], n_similar, alive, device),
-        similar_coact=similar_by_coactivation(any_fire.tocsc(), n_similar, alive))
+        similar_coact=similar_by_coactivation(any_fire, n_similar, alive))

@@ -20,14 +20,14 @@ import torch
 from lightning import LightningDataModule
 
 from analysis.base import Analysis
-from analysis.explorer.records import UsaeRecords, pair_key, usae_records
+from analysis.explorer.records import UsaeRecords, to_csr, usae_records
 from analysis.explorer.site import folder_size, process_seconds, write_site
 from analysis.explorer.sprites import SpriteBook, to_uint8_hwc
 from analysis.explorer.wandb_export import log_index_table
 from analysis.universality import inputs
 from analysis.universality.activation_max import ActMaxSettings, maximize_latents
 from analysis.universality.codes import extract_codes, saes_of
-from analysis.universality.codes_file import dense_codes, load_sparse_codes
+from analysis.universality.codes_file import load_sparse_codes
 from analysis.universality.feature_model import LatentObjective, frozen
 from analysis.universality.selection import check_latents
 from common.errors import UserError
@@ -138,18 +138,19 @@ class ConceptExplorer(Analysis):
                             "set report_dir: null")
 
     def _codes(self, kind: str, system, checkpoint: str, data: inputs.SplitData, n_latents: int):
-        """model -> (N, n) dense codes: the report's saved codes when they match, else encoded here."""
+        """model -> (N, n) CSR codes: the report's saved codes when they match, else encoded here."""
         n = int(data.images.shape[0])
         names = list(saes_of(system))
         if self.report_dir is not None:
             saved = load_sparse_codes(self.report_dir / f"codes_{kind}.npz", checkpoint, self.split, (n, n_latents))
             if saved is not None and sorted(saved) == sorted(names):
                 self.timings[f"codes/{kind}"] = 0.0
-                return dense_codes(saved, names).codes, "reused from the report"
+                return {m: saved[m] for m in names}, "reused from the report"
         start = _stamp()
         system.to(self.device)
         codes = extract_codes(system, data.features, self.batch_size, self.device).codes
         system.cpu()
+        codes = {m: to_csr(codes.pop(m)) for m in names}
         self.timings[f"codes/{kind}"] = _stamp() - start
         return codes, "encoded"
 

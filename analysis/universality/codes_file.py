@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import sparse
 
 from analysis.universality.codes import SplitCodes
@@ -61,9 +60,3 @@ def load_sparse_codes(path: str | os.PathLike, checkpoint: str | os.PathLike, sp
                     for m in meta["models"]}
     except (OSError, ValueError, KeyError):
         return None
-
-
-def dense_codes(csr: dict[str, sparse.csr_matrix], names: list[str]) -> SplitCodes:
-    """``SplitCodes`` from CSR codes (``pre_codes`` are the codes too: the file keeps no pre-activations)."""
-    codes = {m: torch.from_numpy(csr[m].toarray()) for m in names}
-    return SplitCodes(list(names), codes, codes)
