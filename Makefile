@@ -14,7 +14,7 @@ FM := configs/fashion_mnist
 CF := configs/cifar100
 banner = @echo "==== [$$(date +%H:%M:%S)] $(1)"
 
-.PHONY: setup test test-slow demo fashion-study ksae-study universality-study cifar-study bench gpu-check
+.PHONY: setup test test-slow demo fashion-study ksae-study universality-study explorer cifar-study bench gpu-check results
 
 setup:
 	PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -28,8 +28,9 @@ test-slow: setup
 demo: setup fashion-study
 
 # ---- Fashion-MNIST study (CPU, offline): k-sparse autoencoder + universality over two CNNs -----
-fashion-study: ksae-study universality-study
+fashion-study: ksae-study universality-study explorer
 	$(call banner,Fashion-MNIST study done: runs/fashion_mnist_ksae/main/report/report.html and runs/fashion_mnist_usae/main/universality_report/index.html)
+	$(call banner,Concept explorers: runs/fashion_mnist_usae/main/explorer/index.html and runs/fashion_mnist_ksae/main/explorer/index.html)
 
 KSAE := $(RUNS)/fashion_mnist_ksae/main/results.json
 PROBE := $(RUNS)/fashion_mnist_probe/main/results.json
@@ -78,6 +79,18 @@ $(UNIV_REPORT): $(FM)/analysis_universality.yaml $(USAE) $(INDEP)
 	$(call banner,universality report)
 	$(PYTHON) analyze.py --config $(FM)/analysis_universality.yaml
 
+# Concept explorers (static sites, open from file://): every latent of the USAE, every k-sparse unit.
+FM_EXPLORER := $(RUNS)/fashion_mnist_usae/main/explorer/build.json
+KSAE_EXPLORER := $(RUNS)/fashion_mnist_ksae/main/explorer/build.json
+explorer: $(FM_EXPLORER) $(KSAE_EXPLORER)
+
+$(FM_EXPLORER): $(FM)/explorer.yaml $(UNIV_REPORT)
+	$(call banner,concept explorer: Universal SAE latents)
+	$(PYTHON) analyze.py --config $(FM)/explorer.yaml
+$(KSAE_EXPLORER): $(FM)/explorer_ksparse.yaml $(KSAE_REPORT)
+	$(call banner,concept explorer: k-sparse AE units)
+	$(PYTHON) analyze.py --config $(FM)/explorer_ksparse.yaml
+
 # ---- CIFAR-100 study (GPU): pretrained backbones, 10,000 latents, k = 32, 14 epochs --------------
 # Extra Trainer options for every training stage, e.g. TRAINER="--trainer.devices 4 --trainer.strategy ddp"
 TRAINER ?=
@@ -86,7 +99,8 @@ CF_CACHE := artifacts/activations/cifar100/.built
 C_USAE := $(RUNS)/cifar100_usae/main/results.json
 C_INDEP := $(RUNS)/cifar100_independent/main/results.json
 C_REPORT := $(RUNS)/cifar100_usae/main/universality_report/report.json
-cifar-study: setup $(C_REPORT)
+C_EXPLORER := $(RUNS)/cifar100_usae/main/explorer/build.json
+cifar-study: setup $(C_EXPLORER)
 
 $(RUNS)/cifar100_%/main/results.json: $(CF)/%.yaml
 	$(call banner,fine-tune $* on CIFAR-100)
@@ -104,6 +118,9 @@ $(C_INDEP): $(CF_CACHE) $(CF)/independent.yaml configs/sae/independent.yaml
 $(C_REPORT): $(CF)/analysis_universality.yaml $(C_USAE) $(C_INDEP)
 	$(call banner,universality report)
 	$(PYTHON) analyze.py --config $(CF)/analysis_universality.yaml
+$(C_EXPLORER): $(CF)/explorer.yaml $(C_REPORT)
+	$(call banner,concept explorer)
+	$(PYTHON) analyze.py --config $(CF)/explorer.yaml
 
 bench: setup
 	$(PYTHON) benchmarks/bench_fashion_loading.py

@@ -301,7 +301,7 @@ def render_html(numbers: dict, paths: dict[str, str], folder: Path) -> str:
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}</style>",
              "</head><body><h1>k-sparse autoencoder on Fashion-MNIST: study report</h1><ul>"]
     parts += [f"<li>{html.escape(line[2:])}</li>" for line in _summary_lines(numbers)]
-    parts.append("</ul>")
+    parts.append("</ul><p><a href='../explorer/index.html'>Concept explorer</a>: every unit, one page each.</p>")
     for key, title, text in SECTIONS:
         data = base64.b64encode((folder / paths[key]).read_bytes()).decode()
         parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>"

@@ -50,6 +50,7 @@ def build_html(report: dict, figures: dict[str, str]) -> str:
                    f"{setup['n_latents']} latents, k = {setup['k']}. Split '{setup['split']}', "
                    f"{setup['n_images']} images. USAE: {cfg['usae_checkpoint']}; independent: "
                    f"{cfg['independent_checkpoint']}.")
+    page.parts.append('<p><a href="../explorer/index.html">Concept explorer</a>: every latent, every backbone.</p>')
     page.heading("Headline")
     page.table(*headline_rows(report))
 

@@ -24,6 +24,7 @@ from analysis.base import Analysis
 from analysis.universality import inputs
 from analysis.universality.activation_max import ActMaxSettings, maximize_latents
 from analysis.universality.codes import extract_codes, saes_of
+from analysis.universality.codes_file import save_sparse_codes
 from analysis.universality.correlation import all_pairs, correlation_figure
 from analysis.universality.entropy import entropy_figure, firing_entropy
 from analysis.universality.feature_model import LatentObjective, frozen
@@ -174,6 +175,8 @@ class UniversalityStudy(Analysis):
             system.to(self.device)
             with self._timed(f"codes/{kind}"):
                 codes[kind] = extract_codes(system, data.features, self.batch_size, self.device)
+                save_sparse_codes(figs.parent / f"codes_{kind}.npz", codes[kind],  # reused by the explorer
+                                  getattr(self, f"{kind}_checkpoint"), self.split)
                 r2[kind] = r2_matrix(system, codes[kind], data.features, self.batch_size, self.device)
             system.cpu()
             with self._timed(f"entropy+stats/{kind}"):
