@@ -10,7 +10,7 @@ from __future__ import annotations
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from analysis.base import Analysis
-from common.cli import parse_or_fail
+from common.cli import check_config_files, info_logs_to_stdout, parse_or_fail, warnings_kept_until_done
 from common.errors import run_cli
 
 
@@ -27,10 +27,13 @@ def main(args: list[str] | None = None) -> object:
     """Parse ``args`` (default: ``sys.argv``), build the analysis and run it."""
     import lightning as L
 
-    parser = build_parser()
-    config = parse_or_fail(lambda: parser.parse_args(args))
-    L.seed_everything(config.seed_everything, workers=True)
-    analysis = parse_or_fail(lambda: parser.instantiate_classes(config)).analysis
+    info_logs_to_stdout()
+    with warnings_kept_until_done():
+        check_config_files(args)
+        parser = build_parser()
+        config = parse_or_fail(lambda: parser.parse_args(args))
+        L.seed_everything(config.seed_everything, workers=True)
+        analysis = parse_or_fail(lambda: parser.instantiate_classes(config)).analysis
     report_dir = analysis.run()
     print(f"report written to {report_dir}")
     return report_dir
