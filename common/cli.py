@@ -108,13 +108,13 @@ class _InfoToStdout(logging.Handler):
             self.handleError(record)
 
 
-def info_logs_to_stdout() -> None:
+def info_logs_to_stdout(names: tuple[str, ...] = ("lightning", "lightning.pytorch", "lightning.fabric")) -> None:
     """Send Lightning's INFO messages ("Seed set to 0", "GPU available: ...") to stdout, not stderr.
 
     Lightning gives its loggers a stderr ``StreamHandler``; a failing command must leave only its
     ``error:`` line on stderr. Idempotent; loggers a user configured (other handlers) are left alone.
     """
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+    for name in names:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:
