@@ -27,8 +27,8 @@ def check_path_component(value: Any, what: str) -> str:
     """
     text = str(value)
     if not PATH_COMPONENT.fullmatch(text) or len(text) > 255:
-        raise UserError(f"{what} '{text}' must be one folder name: letters, digits, '_', '.', '-', "
-                        f"starting with a letter, digit or '_' (no '/', '\\' or '..')")
+        raise UserError(f"{what} '{text}' must be letters, digits, '_', '.', '-', starting with a "
+                        f"letter, digit or '_': one folder name, no '/', '\\' or '..'")
     return text
 
 

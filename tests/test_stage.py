@@ -121,7 +121,7 @@ def test_stage_refuses_names_outside_the_root(tmp_path, key, value):
     from common.errors import UserError
 
     config = {"run": {"root": str(tmp_path / "runs"), "name": "n", "version": "v", key: value}}
-    with pytest.raises(UserError, match=f"run.{key} '.*' must be one folder name"):
+    with pytest.raises(UserError, match=f"run.{key} '.*' must be letters.*one folder name"):
         stage.prepare(config, [])
     assert list(tmp_path.iterdir()) == []
 
