@@ -13,7 +13,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from common.io import atomic_path, atomic_write_text, check_writable_dir
-from common.run_folder import check_path_component
+from common.run_folder import check_path_component, move_aside
 
 
 @dataclass
@@ -78,12 +78,23 @@ class _KeepingWriter(ExperimentWriter):
     ``keep_before`` (Lightning's deletes the file) and rewrites the file atomically when columns appear."""
 
     def __init__(self, log_dir: str, keep_before: int | None) -> None:
-        path = Path(log_dir) / self.NAME_METRICS_FILE
-        kept, keys = (read_metric_rows(path, keep_before) if keep_before is not None else ([], []))
-        super().__init__(log_dir=log_dir)  # removes an existing metrics.csv
+        self._keep_before = keep_before
+        super().__init__(log_dir=log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        """Called by ``__init__``: on a resume, trim ``metrics.csv`` to the rows before the step (in one
+        atomic replace, so a kill now loses nothing) instead of deleting it."""
+        path = Path(self.metrics_file_path)
+        if self._keep_before is None or not path.is_file():
+            return super()._check_log_dir_exists()
+        kept, keys = read_metric_rows(path, self._keep_before)
         if kept:
-            self.metrics_keys = keys
             atomic_write_text(path, rows_to_csv(kept, keys))
+            self.metrics_keys = keys
+        elif keys:
+            path.unlink()  # readable, and every row is from after the checkpoint: they are logged again
+        else:
+            move_aside(path, "corrupt")  # unreadable: kept for the user, out of the way
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with open(self.metrics_file_path, newline="") as fh:

@@ -139,6 +139,26 @@ def test_metric_rows_cut_by_a_kill_are_dropped(tmp_path):
     assert [r["step"] for r in read_metric_rows(path, before_step=2)[0]] == ["0", "1"]
 
 
+def test_resumed_log_trims_in_place_and_moves_an_unreadable_log_aside(tmp_path):
+    from common.run_options import ResumableCSVLogger
+
+    run_dir = tmp_path / "n" / "v"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("epoch,step,val/loss\r\n0,4,0.5\r\n1,9,0.4\r\n")
+    logger = ResumableCSVLogger(save_dir=tmp_path, name="n", version="v")
+    logger.resume_step = 6
+    logger.log_metrics({"val/loss": 0.3, "epoch": 1}, step=7)
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv", newline="")))
+    assert [(r["step"], r["val/loss"]) for r in rows] == [("4", "0.5"), ("7", "0.3")]
+
+    (run_dir / "metrics.csv").write_bytes(b"\xff\xfe garbage")
+    logger = ResumableCSVLogger(save_dir=tmp_path, name="n", version="v")
+    logger.resume_step = 6
+    logger.log_metrics({"val/loss": 0.2}, step=8)
+    assert (run_dir / "metrics.csv.corrupt-1").read_bytes() == b"\xff\xfe garbage"
+    assert [r["step"] for r in csv.DictReader(open(run_dir / "metrics.csv", newline=""))] == ["8"]
+
+
 # ----- §5 --ckpt_path: missing, not a checkpoint, another model's, a planted pickle -----------------
 class Planted:
     """Unpickling this creates ``marker``: proof that loading ran code."""
