@@ -130,8 +130,8 @@ def prepare(config: dict, inputs: list[Path], say: Callable[[str], None] = print
         say(f"{label} up to date ({results_path}), skipped")
         return Plan(None)
     if not same or newer or digest is not None:
-        why = ("config changed" if not same else f"newer input {', '.join(map(str, newer))}" if newer
-               else "results.json is of another config")
+        why = ("no config.yaml" if saved is None else "config changed" if not same
+               else f"newer input {', '.join(map(str, newer))}" if newer else "results.json is of another config")
         stale = move_aside(run_dir, "stale")
         say(f"{label} {why}: old run moved to {stale}")
         return Plan([], moved_aside=stale)
