@@ -48,13 +48,15 @@ def main(args: list[str] | None = None) -> StudyCLI:
         ))
         trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
         run_dir = Path(trainer.log_dir)
-        ckpt_path, resume_step = checked_ckpt_path(cli.config.get("ckpt_path"), run_dir, model)
-        if run_dir.is_dir() and any(run_dir.iterdir()):
-            parse_or_fail(lambda: preflight(model, datamodule))
+        existed = holds_files(run_dir)
+        with removed_if_failed_early(run_dir, existed):
+            ckpt_path, resume_step = checked_ckpt_path(cli.config.get("ckpt_path"), run_dir, model)
+            if existed:
+                parse_or_fail(lambda: preflight(model, datamodule))
         for logger in trainer.loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.resume_step = resume_step
-    with removed_if_failed_early(run_dir):
+    with removed_if_failed_early(run_dir, existed):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     composed = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
     results: dict = {"best_checkpoint": None, "test": None, "config_sha256": config_digest(composed)}
@@ -112,14 +114,19 @@ def preflight(model: L.LightningModule, datamodule: L.LightningDataModule) -> No
         _set_rng_states(states)
 
 
+def holds_files(folder: Path) -> bool:
+    """Whether ``folder`` holds any file (a W&B logger may already have made it, empty)."""
+    return folder.is_dir() and any(path.is_file() for path in folder.rglob("*"))
+
+
 @contextlib.contextmanager
-def removed_if_failed_early(run_dir: Path) -> Iterator[None]:
+def removed_if_failed_early(run_dir: Path, existed: bool) -> Iterator[None]:
     """If the body fails before this new run folder holds a checkpoint, remove the folder.
 
-    A run that dies on bad input (missing data, wrong shapes) leaves nothing behind; a run that dies
-    after checkpointing keeps its folder so ``--ckpt_path last`` can resume it.
+    ``existed``: the folder held files before this command (then it is never removed). A run that
+    dies on bad input (missing data, wrong shapes, a bad ``--ckpt_path``) leaves nothing behind; a
+    run that dies after checkpointing keeps its folder so ``--ckpt_path last`` can resume it.
     """
-    existed = run_dir.exists()
     try:
         yield
     except BaseException:

@@ -201,6 +201,17 @@ def test_bad_ckpt_path_is_one_line_and_runs_nothing(tmp_path, fashion_data_dir, 
     assert not (tmp_path / "runs").exists(), "no (empty) run folder is left behind"
 
 
+def test_bad_ckpt_path_with_wandb_leaves_no_empty_run_folder(tmp_path, fashion_data_dir, capsys, monkeypatch):
+    """The W&B logger makes the run folder when it is built; a refused run still leaves none."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    code, stderr = train_in_process([*tiny_ksae_args(tmp_path / "runs", fashion_data_dir, "v"),
+                                     "--config", str(ROOT / "configs/logger/wandb.yaml"),
+                                     "--ckpt_path", str(tmp_path / "missing.ckpt")], capsys)
+    assert code == 2 and "does not exist" in only_error_line(stderr)
+    assert not (tmp_path / "runs" / "fashion_mnist_ksae" / "v").exists()
+
+
 def test_a_planted_pickle_never_runs_through_lightnings_own_loading(tmp_path):
     """Lightning's checkpoint loading with ``weights_only=True`` (what train.py passes) refuses it too."""
     from lightning.fabric.utilities.cloud_io import _load
