@@ -166,7 +166,10 @@ def check_config_files(args: list[str] | None = None) -> None:
     """
     for value in config_files(sys.argv[1:] if args is None else list(args)):
         path = Path(value)
-        if not path.is_file():
+        try:
+            if not path.is_file():
+                continue
+        except OSError:  # e.g. a long YAML string given in place of a file: not a path at all
             continue
         try:
             yaml.safe_load(path.read_bytes().decode("utf-8"))
