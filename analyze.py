@@ -11,7 +11,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from analysis.base import Analysis
 from common.auto_options import start_up
-from common.cli import parse_or_fail
+from common.cli import check_config_files, info_logs_to_stdout, parse_or_fail, warnings_kept_until_done
 from common.errors import run_cli
 
 
@@ -28,10 +28,13 @@ def main(args: list[str] | None = None) -> object:
     """Parse ``args`` (default: ``sys.argv``), build the analysis and run it."""
     import lightning as L
 
-    parser = build_parser()
-    config = parse_or_fail(lambda: parser.parse_args(args))
-    L.seed_everything(config.seed_everything, workers=True)
-    analysis = parse_or_fail(lambda: parser.instantiate_classes(config)).analysis
+    info_logs_to_stdout()
+    with warnings_kept_until_done():
+        check_config_files(args)
+        parser = build_parser()
+        config = parse_or_fail(lambda: parser.parse_args(args))
+        L.seed_everything(config.seed_everything, workers=True)
+        analysis = parse_or_fail(lambda: parser.instantiate_classes(config)).analysis
     start_up()
     report_dir = analysis.run()
     print(f"report written to {report_dir}")

@@ -15,7 +15,7 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from common.auto_options import start_up
-from common.cli import parse_or_fail
+from common.cli import check_config_files, info_logs_to_stdout, parse_or_fail, warnings_kept_until_done
 from common.errors import run_cli
 from datamodules.activations import ActivationDataModule
 
@@ -35,9 +35,12 @@ def build_parser() -> ArgumentParser:
 
 def main(args: list[str] | None = None) -> ActivationDataModule:
     """Parse ``args`` (default: ``sys.argv``), build/validate the cache, print a summary."""
-    parser = build_parser()
-    config = parse_or_fail(lambda: parser.parse_args(args))
-    datamodule: ActivationDataModule = parse_or_fail(lambda: parser.instantiate(config)).data
+    info_logs_to_stdout()
+    with warnings_kept_until_done():
+        check_config_files(args)
+        parser = build_parser()
+        config = parse_or_fail(lambda: parser.parse_args(args))
+        datamodule: ActivationDataModule = parse_or_fail(lambda: parser.instantiate(config)).data
     start_up()
     start = time.perf_counter()
     datamodule.prepare_data()

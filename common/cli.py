@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import sys
-from typing import Any
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
 
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -94,6 +99,95 @@ def parse_or_fail(build: Any) -> Any:
         if cause is None:
             raise
         raise cause from None
+
+
+class _InfoToStdout(logging.Handler):
+    """Log records below WARNING to ``sys.stdout``, the rest to ``sys.stderr`` (both looked up per
+    record, so redirected or captured streams are honoured)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # logging must never take the run down
+            self.handleError(record)
+
+
+def info_logs_to_stdout(names: tuple[str, ...] = ("lightning", "lightning.pytorch", "lightning.fabric")) -> None:
+    """Send Lightning's INFO messages ("Seed set to 0", "GPU available: ...") to stdout, not stderr.
+
+    Lightning gives its loggers a stderr ``StreamHandler``; a failing command must leave only its
+    ``error:`` line on stderr. Idempotent; loggers a user configured (other handlers) are left alone.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                replacement = _InfoToStdout(handler.level)
+                replacement.setFormatter(handler.formatter)
+                logger.removeHandler(handler)
+                logger.addHandler(replacement)
+
+
+@contextlib.contextmanager
+def warnings_kept_until_done() -> Iterator[None]:
+    """Hold back the warnings raised in the body; show them when it succeeds (or fails with a bug),
+    drop them when it fails with a ``UserError``, whose one line is then all that stderr shows."""
+    held: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                yield
+            finally:
+                held = list(caught)
+    except Exception as err:
+        if find_user_error(err) is None:
+            _show(held)
+        raise
+    _show(held)
+
+
+def _show(held: list[warnings.WarningMessage]) -> None:
+    for w in held:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The values of every ``--config FILE`` / ``--config=FILE`` in ``args``."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def check_config_files(args: list[str] | None = None) -> None:
+    """A one-line ``UserError`` naming the first ``--config`` file that is not UTF-8 YAML text.
+
+    jsonargparse shows a traceback for a binary file; a missing file or a YAML string given in
+    place of a file is left to it (it reports those in one line).
+    """
+    for value in config_files(sys.argv[1:] if args is None else list(args)):
+        path = Path(value)
+        try:
+            if not path.is_file():
+                continue
+        except OSError:  # e.g. a long YAML string given in place of a file: not a path at all
+            continue
+        try:
+            yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"config file '{path}' is not text (binary data?); give a YAML config file") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UserError(f"config file '{path}' is not valid YAML{where} ({problem}); fix or replace it") from None
+        except OSError as err:
+            raise UserError(f"config file '{path}' cannot be read ({err.strerror})") from None
 
 
 def argv() -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from common.auto_options import basis, note, resolve_compile
 from common.errors import UserError
+from common.run_folder import check_path_component
 from common.io import check_writable_dir
 from datamodules.image_datamodule import ImageDataModule, Split
 from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
@@ -124,8 +124,7 @@ class ActivationDataModule(L.LightningDataModule):
                      for b in backbones]
         names = [b.name for b in backbones]
         for i, spec in enumerate(backbones):
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec.name):
-                raise UserError(f"backbones[{i}].name '{spec.name}' must be letters, digits, '_', '.', '-'")
+            check_path_component(spec.name, f"backbones[{i}].name")
             if names.count(spec.name) > 1:
                 raise UserError(f"backbone name '{spec.name}' appears twice in data.backbones; names must be unique")
             check_arch(spec.arch)

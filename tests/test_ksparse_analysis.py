@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from analysis.base import REPORT_MARKER
 from analysis.ksparse import (ablation_study, check_image, class_mean_codes, feature_overlay, importance,
                               load_probed_autoencoder, occlusion_map, top_units)
 from analysis.ksparse.study import KSparseStudy
@@ -159,6 +160,7 @@ def test_a_failing_study_leaves_the_previous_report_untouched(runs, repo_root, t
     out = tmp_path / "report"
     out.mkdir()
     (out / "report.md").write_text("old report")
+    (out / REPORT_MARKER).write_text("")  # an earlier report (only those are ever replaced)
     import analysis.ksparse.figures as figures
 
     def broken(*args, **kwargs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -21,6 +22,13 @@ def stage_args(root: Path, data_dir: Path, version: str, epochs: int = 3) -> lis
             "--run.version", version, "--trainer.max_epochs", str(epochs),
             "--data.init_args.data_dir", str(data_dir), "--data.init_args.train_subset", "1500",
             "--data.init_args.val_size", "500", "--trainer.enable_progress_bar", "false"]
+
+
+def metric_rows(run_dir: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(epoch, step, logged columns) of each metrics.csv row, in order."""
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        return [(row["epoch"], row["step"], tuple(sorted(k for k, v in row.items() if v)))
+                for row in csv.DictReader(fh)]
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess:
@@ -77,6 +85,8 @@ def test_killed_stage_resumes_to_the_same_numbers(tmp_path, fashion_data_dir):
     assert "resuming from" in resumed.stdout
     got = json.loads((killed_dir / "results.json").read_text())["test"]
     assert got == expected
+    # the log history survives the kill: every epoch's rows, once each, as in the unbroken run
+    assert metric_rows(killed_dir) == metric_rows(tmp_path / "fashion_mnist_ksae/whole")
 
     again = run(stage_args(tmp_path, fashion_data_dir, "killed"))
     assert again.returncode == 0 and "up to date" in again.stdout

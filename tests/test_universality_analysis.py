@@ -16,6 +16,7 @@ from analysis.universality.correlation import pair_correlation, pearson_columns
 from analysis.universality.entropy import firing_entropy
 from analysis.universality.feature_model import FeatureHead, L2Normalize, LatentObjective, frozen, sae_pre_activation
 from analysis.universality.r2 import decode_sparse, r2_matrix
+from analysis.base import REPORT_MARKER
 from analysis.universality.report import atomic_dir, json_ready
 from analysis.universality.selection import check_latents, select_latents
 from analysis.universality.stats import feature_statistics
@@ -271,7 +272,7 @@ def test_atomic_dir_leaves_nothing_on_failure_and_keeps_the_old_report(tmp_path)
         with atomic_dir(out) as tmp:
             (tmp / "b.txt").write_text("half")
             raise RuntimeError("boom")
-    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in out.iterdir() if p.name != REPORT_MARKER) == ["a.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
 
 

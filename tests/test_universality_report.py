@@ -181,6 +181,7 @@ def test_rerun_replaces_the_report_atomically_and_a_failure_keeps_the_old_one(ru
     out = tmp_path / "report"
     out.mkdir()
     (out / "stale.txt").write_text("old")
+    (out / ".report-of-analyze").write_text("")  # an earlier report's folder (only those are replaced)
     analyze.main(analysis_args(runs, out, "--analysis.init_args.n_features", "0"))
     assert (out / "report.json").is_file() and not (out / "stale.txt").exists()
     before = sorted(p.relative_to(out) for p in out.rglob("*"))

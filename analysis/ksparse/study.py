@@ -6,22 +6,20 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Literal
 
 import torch
 from matplotlib.figure import Figure
 
-from analysis.base import Analysis
+from analysis.base import Analysis, check_output_dir, report_dir
 from analysis.ksparse import figures
 from analysis.ksparse.ablation import ablation_study
 from analysis.ksparse.artifacts import ProbedAutoencoder, load_probed_autoencoder
 from analysis.ksparse.attribution import feature_overlay, occlusion_map
 from analysis.ksparse.importance import class_mean_codes, importance, top_units
 from common.errors import UserError
-from common.io import atomic_write_json, atomic_write_text, check_writable_dir, shared_mkdtemp
+from common.io import atomic_write_json, atomic_write_text, check_writable_dir
 from common.run_options import WandbOptions
 from datamodules.image_datamodule import ImageDataModule, Split
 
@@ -173,11 +171,11 @@ class KSparseStudy(Analysis):
 
     def run(self) -> Path:
         """Validate the inputs, compute, write the report atomically; returns the report folder."""
+        check_output_dir(self.output_dir, self.input_paths())
         model = self.load()
         check_writable_dir(self.output_dir.parent, "output_dir's parent")
         numbers, figs = self.compute(model)
-        staging = shared_mkdtemp(prefix=f".{self.output_dir.name}.", dir=self.output_dir.parent)
-        try:
+        with report_dir(self.output_dir, self.input_paths()) as staging:
             (staging / "figures").mkdir()
             paths = {}
             for name, fig in figs.items():
@@ -186,13 +184,13 @@ class KSparseStudy(Analysis):
             atomic_write_json(staging / "results.json", numbers)
             atomic_write_text(staging / "report.md", render_markdown(numbers, paths))
             atomic_write_text(staging / "report.html", render_html(numbers, paths, staging))
-            _replace_dir(staging, self.output_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
         if self.wandb.enabled:
             self._log_wandb(numbers, paths)
         return self.output_dir
+
+    def input_paths(self) -> list[Path | str | None]:
+        """What the study reads; the report folder may neither be nor hold any of them."""
+        return [self.ksae_run, self.probe_run, self.pixel_probe_run, getattr(self.data, "data_dir", None)]
 
     def _log_wandb(self, numbers: dict, paths: dict[str, str]) -> None:
         import wandb
@@ -208,18 +206,6 @@ class KSparseStudy(Analysis):
                                 **{f"ablation/{k}": v for k, v in numbers["ablation"]["summary"].items()}})
         finally:
             run.finish()
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move the finished ``staging`` folder onto ``target`` (an old ``target`` is swapped out first
-    and removed only after the new one is in place)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def _summary_lines(numbers: dict) -> list[str]:

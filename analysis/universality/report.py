@@ -3,48 +3,22 @@ with every number, written atomically (built in a temporary sibling folder, rena
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from common.errors import UserError
+from analysis.base import report_dir
 
 
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``final``; on success it replaces ``final`` (an older
-    report there is removed after the swap), on any error it is deleted and ``final`` is untouched."""
-    final = Path(final)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); a report is for others to read
-    except OSError as err:
-        raise UserError(f"cannot write the report folder '{final}' ({err.strerror}); "
-                        "set output_dir to a folder you can write to") from None
-    try:
-        yield tmp
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, old / final.name)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def atomic_dir(final: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> ContextManager[Path]:
+    """``analysis.base.report_dir``: the one rule for writing (and replacing) a report folder."""
+    return report_dir(final, inputs)
 
 
 def json_ready(obj: Any) -> Any:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from lightning import LightningDataModule
 
-from analysis.base import Analysis
+from analysis.base import Analysis, check_output_dir, report_dir
 from analysis.universality import inputs
 from analysis.universality.activation_max import ActMaxSettings, maximize_latents
 from analysis.universality.codes import extract_codes, saes_of
@@ -30,7 +30,7 @@ from analysis.universality.entropy import entropy_figure, firing_entropy
 from analysis.universality.feature_model import LatentObjective, frozen
 from analysis.universality.html_sections import build_html, wandb_tables
 from analysis.universality.r2 import r2_figure, r2_matrix, r2_numbers
-from analysis.universality.report import atomic_dir, write_json
+from analysis.universality.report import write_json
 from analysis.universality.selection import check_latents, select_latents
 from analysis.universality.side_by_side import act_max_grid_figure, side_by_side_figure
 from analysis.universality.stats import feature_statistics, stats_figure
@@ -127,6 +127,11 @@ class UniversalityStudy(Analysis):
         self.wandb, self.threads = wandb, threads
         self.timings: dict[str, float] = {}
 
+    def input_paths(self) -> list[str | Path | None]:
+        """What the study reads; the report folder may neither be nor hold any of them."""
+        return [self.usae_checkpoint, self.independent_checkpoint, self.train_config,
+                getattr(self.data, "cache_dir", None)]
+
     @contextlib.contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
@@ -136,6 +141,7 @@ class UniversalityStudy(Analysis):
 
     def run(self) -> Path:
         start = time.perf_counter()
+        check_output_dir(self.output_dir, self.input_paths())
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         with self._timed("load"):
@@ -149,7 +155,7 @@ class UniversalityStudy(Analysis):
             requested = check_latents(self.feature_indices, n_latents, "feature_indices")
             data = inputs.load_split(dm, self.split)
             names = list(saes_of(systems["usae"]))
-        with atomic_dir(self.output_dir) as out:
+        with report_dir(self.output_dir, self.input_paths()) as out:
             figures_dir = out / "figures"
             figures_dir.mkdir()
             report, figures, act = self._analyse(systems, dm, data, names, requested, figures_dir)
