@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from common.errors import UserError
+from common.io import shared_mkdtemp
 
 #: File every report folder holds: ``report_dir`` replaces an existing folder only if it has one.
 REPORT_MARKER = ".report-of-analyze"
@@ -68,10 +69,7 @@ def report_dir(output_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike
     final = check_output_dir(output_dir, list(inputs))
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); a report is for others to read
+        tmp = shared_mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     except OSError as err:
         raise UserError(f"cannot write the report folder '{final}' ({err.strerror}); "
                         "set output_dir to a folder you can write to") from None
