@@ -4,7 +4,6 @@ checks a checkpoint passes before a run resumes from it (weights-only load, keys
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from common.errors import UserError
 from common.io import atomic_torch_save
+from common.safe_load import load_weights
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -28,23 +28,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def read_checkpoint(path: str | os.PathLike, what: str = "--ckpt_path") -> dict[str, Any]:
-    """Load a Lightning checkpoint with ``torch.load(weights_only=True)`` (tensors and plain data only,
+    """Load a Lightning checkpoint with ``common.safe_load.load_weights`` (tensors and plain data only,
     so a planted pickle cannot run code); a one-line ``UserError`` if missing, unreadable or not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} '{path}' does not exist (or is not a file); give a checkpoint file, "
-                        f"e.g. <run folder>/checkpoints/last.ckpt")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise UserError(f"{what} '{path}' holds Python objects, not only weights; refused, since "
-                            f"loading it could run code (use a checkpoint this project wrote)") from None
-        raise UserError(f"{what} '{path}' is not a readable PyTorch checkpoint (truncated or not a "
-                        f"checkpoint); give another file") from None
-    except Exception as err:  # torch raises RuntimeError/EOFError/... for truncated or foreign files
-        raise UserError(f"{what} '{path}' is not a readable PyTorch checkpoint "
-                        f"({type(err).__name__}); give another file") from None
+    checkpoint = load_weights(path, what)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{what} '{path}' is not a Lightning checkpoint (no 'state_dict'); give a "
                         f"<run folder>/checkpoints/*.ckpt file")

@@ -174,7 +174,7 @@ def bad_checkpoint(kind: str, folder: Path) -> tuple[Path, str]:
     path = folder / f"{kind}.ckpt"
     if kind == "text":
         path.write_text("this is not a checkpoint\n")
-        return path, "not a readable PyTorch checkpoint"
+        return path, "not a readable PyTorch"
     if kind == "other_model":
         torch.save({"state_dict": {"net.encoder.weight": torch.zeros(64, 784)}, "global_step": 3}, path)
         return path, "is a checkpoint of another model"
@@ -183,7 +183,7 @@ def bad_checkpoint(kind: str, folder: Path) -> tuple[Path, str]:
         return path, "not a Lightning checkpoint"
     if kind == "planted":
         torch.save({"state_dict": {}, "payload": Planted(folder / "code_ran")}, path)
-        return path, "holds Python objects, not only weights; refused"
+        return path, "holds Python objects"
     return path, "does not exist"
 
 
