@@ -141,7 +141,7 @@ def resolve_select_dtype(choice: str, device: str | torch.device = "cpu", hardwa
         why = "CUDA"
     else:
         hw = hardware or detect()
-        why = f"{hw.isa}, bf16 {'native' if hw.cpu_bf16_native else 'emulated'}"
+        why = f"{hw.cpu_capability}, bf16 {'native' if hw.cpu_native_bf16 else 'emulated'}"
     return resolved, f"select_dtype auto -> {resolved} ({why})"
 
 
