@@ -5,13 +5,13 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from common.errors import UserError
 from components.schedules import warmup_cosine
-from components.sparse_coder import SparseCoder, SparseCoderConfig, resolve_select_dtype
+from components.sparse_coder import SparseCoder, SparseCoderConfig
+from lightning_modules.run_record import resolve_and_record
 from metrics.active_units import ActiveUnits
 
 # The study's engine options (the combination the ablation in ``benchmarks/bench_ksae.py`` chose).
@@ -69,13 +69,8 @@ class KSparseAutoencoder(L.LightningModule):
         self.val_active, self.test_active = ActiveUnits(n), ActiveUnits(n)
 
     def setup(self, stage: str) -> None:
-        """Resolve ``sae.select_dtype`` for the device (once), log it in one line, record it in the
-        hyperparameters as ``select_dtype_resolved``."""
-        resolved, line = resolve_select_dtype(self.sae_config.select_dtype, self.device)
-        self.net.select_dtype = getattr(torch, resolved)
-        if self.hparams.get("select_dtype_resolved") != resolved:
-            rank_zero_info(line)
-        self.hparams["select_dtype_resolved"] = resolved
+        """Resolve ``sae.select_dtype`` for the device (once), log and record it (``run_record``)."""
+        self.net.select_dtype = resolve_and_record(self, self.sae_config)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # before the engine was unified the dead-unit counts lived on the system

@@ -18,12 +18,12 @@ from typing import Literal, Mapping
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from common.errors import UserError
 from components.sae_bank import LOSS_NORMALISATIONS, LossNormalisation, SAEBank, make_adam
 from components.schedules import warmup_cosine
-from components.sparse_coder import SparseCodes, SparseCoderConfig, resolve_select_dtype
+from components.sparse_coder import SparseCodes, SparseCoderConfig
+from lightning_modules.run_record import resolve_and_record
 from metrics.universality import UniversalityMetrics
 
 Stage = Literal["val", "test"]
@@ -77,14 +77,8 @@ class MultiSAESystem(L.LightningModule):
         self._pre_bias_pending = config.pre_bias or config.decoder_bias
 
     def setup(self, stage: str) -> None:
-        """Resolve ``select_dtype`` for the device the system runs on (once), log it in one line and
-        record it in the hyperparameters as ``select_dtype_resolved``."""
-        choice = self.sae_config.select_dtype
-        resolved, line = resolve_select_dtype(choice, self.device)
-        self.bank.set_select_dtype(getattr(torch, resolved))
-        if self.hparams.get("select_dtype_resolved") != resolved:
-            rank_zero_info(line)
-        self.hparams["select_dtype_resolved"] = resolved
+        """Resolve ``sae.select_dtype`` for the device (once), log and record it (``run_record``)."""
+        self.bank.set_select_dtype(resolve_and_record(self, self.sae_config))
 
     # ----- what the subclasses choose ---------------------------------------------------------
     def train_sources(self) -> list[str]:

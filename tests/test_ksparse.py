@@ -270,6 +270,10 @@ def test_training_reduces_loss_logs_active_units_and_exports_weights(trained: Pa
     assert encoder["weight"].shape == (256, 784) and int(encoder["k"]) == 16
     assert decoder["weight"].shape == (256, 784) and decoder["bias"].shape == (784,)
     assert torch.equal(encoder["pre_bias"], decoder["bias"])
+    import yaml
+
+    hparams = yaml.safe_load((run / "hparams.yaml").read_text())  # the run records the resolved dtype
+    assert hparams["select_dtype_resolved"] in ("float32", "bfloat16") and hparams["sae"]["k"] == 16
 
 
 class _LogsEveryStep(KSparseAutoencoder):

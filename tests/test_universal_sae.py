@@ -148,7 +148,7 @@ def test_checkpoint_round_trip_with_load_from_checkpoint(data, tmp_path):
     trainer.save_checkpoint(path)
     loaded = UniversalSAE.load_from_checkpoint(path)
     assert loaded.hparams.feature_dims == DIMS and loaded.hparams.sae["pre_bias"]
-    assert loaded.sae_config == model.sae_config and loaded.hparams.select_dtype_resolved == "float32"
+    assert loaded.sae_config == model.sae_config and model.hparams.select_dtype_resolved == "float32"
     x = data[1]["beta"][:16]
     model.eval()
     loaded.eval()
