@@ -9,6 +9,11 @@ of a k-sparse selection (encoder weight: rows = inputs; dictionary: rows = grad 
 * ``bag``: entries sorted by latent, then one ``F.embedding_bag`` whose bags are the latents;
 * ``native`` (dictionary only): ``F.embedding_bag``'s own weight backward.
 
+and for the gradient projection (remove each atom's gradient component along the atom, (n, d)):
+
+* ``vecdot``: ``g -= W · vecdot(g, W)`` (two passes over memory);
+* ``blocked``: the same in row blocks of 2^19 elements that stay in cache.
+
 Prints the machine line, then per shape the min over ``--repeats`` round-robin rounds and the ratio
 to the fastest.
 """
@@ -31,6 +36,19 @@ SHAPES = {"k-sparse AE (B=256, d=784, n=1024, k=50)": (256, 784, 1024, 50),
           "USAE demo (B=1024, d=2048, n=4096, k=32)": (1024, 2048, 4096, 32),
           "USAE demo (B=1024, d=1280, n=4096, k=32)": (1024, 1280, 4096, 32),
           "USAE study (B=1024, d=2048, n=10000, k=32)": (1024, 2048, 10_000, 32)}
+
+
+def project_vecdot(g: torch.Tensor, w: torch.Tensor) -> None:
+    g.addcmul_(w, torch.linalg.vecdot(g, w).unsqueeze(1), value=-1.0)
+
+
+def project_blocked(g: torch.Tensor, w: torch.Tensor) -> None:
+    rows = max(1, (1 << 19) // w.shape[1])
+    buf = torch.empty(min(rows, w.shape[0]), w.shape[1], dtype=g.dtype)
+    for start in range(0, w.shape[0], rows):
+        gc, wc = g[start:start + rows], w[start:start + rows]
+        prod = torch.mul(gc, wc, out=buf[: gc.shape[0]])
+        gc.addcmul_(prod.sum(1, keepdim=True), wc, value=-1.0)
 
 
 def main(argv=None) -> None:
@@ -68,10 +86,21 @@ def main(argv=None) -> None:
                 job()
                 if r:
                     times[name].append(clock() - t0)
-        best = min(min(t) for t in times.values())
+        wd = torch.nn.functional.normalize(torch.randn(n, d), dim=1)
+        grad = torch.randn(n, d)
+        proj = {"projection vecdot": lambda: project_vecdot(grad, wd), "projection blocked": lambda: project_blocked(grad, wd)}
+        for r in range(1 + (3 if args.quick else args.repeats)):
+            for name, job in proj.items():
+                t0 = clock()
+                job()
+                if r:
+                    times.setdefault(name, []).append(clock() - t0)
+        best = min(min(t) for name, t in times.items() if not name.startswith("projection"))
+        best_proj = min(min(t) for name, t in times.items() if name.startswith("projection"))
         print(f"\n{label}")
         for name, t in times.items():
-            print(f"  {name:22s} {min(t) * 1e3:8.2f} ms  {min(t) / best:5.2f}x")
+            ref = best_proj if name.startswith("projection") else best
+            print(f"  {name:22s} {min(t) * 1e3:8.2f} ms  {min(t) / ref:5.2f}x")
 
 
 if __name__ == "__main__":

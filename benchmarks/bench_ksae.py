@@ -1,4 +1,4 @@
-"""Dead-unit ablation and training speed of the Fashion-MNIST k-sparse autoencoder (issue 3).
+"""Dead-unit ablation and training speed of the Fashion-MNIST k-sparse autoencoder.
 
     python benchmarks/bench_ksae.py                   # the full table: 30 epochs per row (~1 h on 2 cores)
     python benchmarks/bench_ksae.py --quick           # 2 epochs on 10,000 images per row (minutes)
@@ -6,7 +6,7 @@
     python benchmarks/bench_ksae.py --speed-only      # only the sparse vs dense training-speed rows
     python benchmarks/bench_ksae.py --rows k_100_3 k_200_5 k_300_4 --no-speed   # the k-schedule sweep
 
-(1) Ablation: the plain model of the issue (nn.Linear's default init, no cure), each cure alone,
+(1) Ablation: the plain model (no cure), each cure alone,
 and the default of ``configs/fashion_mnist/ksae.yaml``, on real Fashion-MNIST. Every row trains
 through the same Lightning Trainer as ``train.py`` (validation each epoch, no checkpoint files, no
 early stopping: exactly ``--epochs`` epochs), then reports on the official 10k test images: MSE

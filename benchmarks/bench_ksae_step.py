@@ -1,4 +1,4 @@
-"""One k-sparse AE training step, sparse kernels vs dense matmuls, across k (issue 3's speed).
+"""One k-sparse AE training step, sparse kernels vs dense matmuls, across k.
 
     python benchmarks/bench_ksae_step.py            # 784 → 1024, batch 256, k = 50 ... 300
     python benchmarks/bench_ksae_step.py --quick    # fewer repeats (seconds)

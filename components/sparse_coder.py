@@ -253,6 +253,10 @@ def _linear_in(x: Tensor, weight: Tensor, bias: Tensor, dtype: torch.dtype | Non
 
 # ----- the engine ----------------------------------------------------------------------------
 
+# Dictionaries of at least this many elements project their gradient in cache-sized row blocks
+# (faster from a few million elements on; ``benchmarks/bench_engine_kernels.py``).
+_BLOCKED_PROJECTION_MIN = 1 << 21
+
 _LEGACY_KEYS = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "decoder.weight",
                 "b_dec": "decoder.bias"}
 
@@ -404,10 +408,18 @@ class SparseCoder(nn.Module):
     @torch.no_grad()
     def project_decoder_grad_(self) -> None:
         """Remove from each atom's gradient its component along that (unit-norm) atom."""
-        g = self.W_dec.grad
+        g, w = self.W_dec.grad, self.W_dec
         if g is None or not self.config.unit_norm_decoder:
             return
-        g.addcmul_(self.W_dec, torch.linalg.vecdot(g, self.W_dec).unsqueeze(1), value=-1.0)
+        if g.numel() < _BLOCKED_PROJECTION_MIN:  # fits in cache: one fused pass is fastest
+            g.addcmul_(w, torch.linalg.vecdot(g, w).unsqueeze(1), value=-1.0)
+            return
+        rows = max(1, (1 << 19) // self.input_dim)  # row blocks of 2^19 elements stay in cache
+        buf = torch.empty(min(rows, self.n_latents), self.input_dim, dtype=g.dtype, device=g.device)
+        for start in range(0, self.n_latents, rows):
+            gc, wc = g[start:start + rows], w[start:start + rows]
+            prod = torch.mul(gc, wc, out=buf[: gc.shape[0]])
+            gc.addcmul_(prod.sum(1, keepdim=True), wc, value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
