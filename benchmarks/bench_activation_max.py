@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.universality.activation_max import ActMaxSettings, maximize_latents  # noqa: E402
 from analysis.universality.feature_model import FeatureHead, L2Normalize, LatentObjective, frozen  # noqa: E402
 from components.backbones import FeatureExtractor, build_backbone, default_layer  # noqa: E402
-from components.topk_sae import TopKSAE  # noqa: E402
 from common.hardware import detect  # noqa: E402
+from components.sparse_coder import SparseCoder, SparseCoderConfig  # noqa: E402
 
 
 def build_objective(arch: str, image_size: int, n_latents: int, channels: int) -> tuple[LatentObjective, list]:
@@ -39,7 +39,7 @@ def build_objective(arch: str, image_size: int, n_latents: int, channels: int) -
     head = FeatureHead(FeatureExtractor(net, default_layer(arch), arch), L2Normalize()).eval()
     with torch.no_grad():
         dim = head(torch.zeros(1, 3, image_size, image_size)).shape[1]
-    sae = TopKSAE(dim, n_latents, 32, seed=0)
+    sae = SparseCoder(dim, SparseCoderConfig(n_latents=n_latents, k=32), seed=0)
     objective = LatentObjective(lambda x: (x.expand(-1, 3, -1, -1) - 0.286) / 0.353, head, sae)
     return objective, [head, sae]
 

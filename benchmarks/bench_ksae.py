@@ -1,4 +1,4 @@
-"""Dead-unit ablation and training speed of the Fashion-MNIST k-sparse autoencoder (issue 3).
+"""Dead-unit ablation and training speed of the Fashion-MNIST k-sparse autoencoder.
 
     python benchmarks/bench_ksae.py                   # the full table: 30 epochs per row (~1 h on 2 cores)
     python benchmarks/bench_ksae.py --quick           # 2 epochs on 10,000 images per row (minutes)
@@ -6,7 +6,7 @@
     python benchmarks/bench_ksae.py --speed-only      # only the sparse vs dense training-speed rows
     python benchmarks/bench_ksae.py --rows k_100_3 k_200_5 k_300_4 --no-speed   # the k-schedule sweep
 
-(1) Ablation: the plain model of the issue (nn.Linear's default init, no cure), each cure alone,
+(1) Ablation: the plain model (no cure), each cure alone,
 and the default of ``configs/fashion_mnist/ksae.yaml``, on real Fashion-MNIST. Every row trains
 through the same Lightning Trainer as ``train.py`` (validation each epoch, no checkpoint files, no
 early stopping: exactly ``--epochs`` epochs), then reports on the official 10k test images: MSE
@@ -44,19 +44,20 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from common.io import atomic_write_json, atomic_write_text  # noqa: E402
 from datamodules.fashion_mnist import FashionMNISTDataModule  # noqa: E402
+from components.sparse_coder import SparseCoderConfig  # noqa: E402
 from lightning_modules.ksparse_autoencoder import KSparseAutoencoder  # noqa: E402
 from datamodules.feature_data import FeatureData
 from lightning_modules.linear_probe import LinearProbe  # noqa: E402
 from common.hardware import detect  # noqa: E402
 
-PLAIN = dict(unit_norm_decoder=False, tied_init=False, pre_bias=False, k_aux=0, k_start=None,
+PLAIN = dict(unit_norm_decoder=False, tied_init=False, pre_bias=False, aux_k=0, k_start=None,
              k_anneal_epochs=0, revive_bias_step=0.0, lr=1e-3, lr_final_fraction=1.0, lr_decay_start=0.0)
 GAO = dict(unit_norm_decoder=True, tied_init=True, pre_bias=True)  # Gao et al. 2024's recipe
 CURES = {
     "+ unit-norm decoder": dict(unit_norm_decoder=True),
     "+ tied init": dict(tied_init=True),
     "+ pre-bias (data mean)": dict(pre_bias=True),
-    "+ AuxK": dict(k_aux=392, dead_window=5000),
+    "+ AuxK": dict(aux_k=392, dead_window=5000),
     "+ k schedule 100→50": dict(k_start=100, k_anneal_epochs=3),
     "+ revive bias": dict(revive_bias_step=1e-3, dead_window=1000),
     "+ lr 2e-3, decay": dict(lr=2e-3, lr_final_fraction=0.0, lr_decay_start=0.5),
@@ -81,12 +82,24 @@ VARIANTS = {  # rows defined from the default: option → value
 }
 
 
+SYSTEM_ARGS = ("input_dim", "lr", "lr_final_fraction", "lr_decay_start")
+
+
 def default_model_args() -> dict:
-    """The model options of configs/fashion_mnist/ksae.yaml (the chosen default)."""
+    """The model options of configs/fashion_mnist/ksae.yaml (the chosen default), flattened: the
+    system's arguments and the engine's (``sae``) options in one dict."""
     import yaml
 
     config = yaml.safe_load((ROOT / "configs/fashion_mnist/ksae.yaml").read_text())
-    return dict(config["model"]["init_args"])
+    init = dict(config["model"]["init_args"])
+    return {**init.pop("sae"), **init}
+
+
+def build_model(options: dict) -> KSparseAutoencoder:
+    """A ``KSparseAutoencoder`` from flattened options (``default_model_args`` layout)."""
+    system = {k: v for k, v in options.items() if k in SYSTEM_ARGS}
+    return KSparseAutoencoder(**system, sae=SparseCoderConfig(**{k: v for k, v in options.items()
+                                                                 if k not in SYSTEM_ARGS}))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -149,7 +162,7 @@ def images(args: argparse.Namespace) -> FashionMNISTDataModule:
 def train_autoencoder(model_args: dict, epochs: int, args: argparse.Namespace) -> tuple[KSparseAutoencoder, dict]:
     """Fit one model; returns it and {fit_s, train_s_per_epoch, test_mse, dead_units}."""
     L.seed_everything(0, workers=True, verbose=False)
-    model = KSparseAutoencoder(**model_args)
+    model = build_model(model_args)
     data = images(args)
     timer = FitTimer()
     fit = trainer(epochs, [timer])
@@ -157,7 +170,7 @@ def train_autoencoder(model_args: dict, epochs: int, args: argparse.Namespace) -
     test = fit.test(model, datamodule=data, verbose=False)[0]
     epoch_s = sorted(timer.train_epoch_s)[len(timer.train_epoch_s) // 2]
     return model, {"fit_s": timer.fit_s, "train_s_per_epoch_median": epoch_s,
-                   "test_mse": test["test/loss"], "dead_units": int(round(model.hparams.n_units - test["test/active_units"]))}
+                   "test_mse": test["test/loss"], "dead_units": int(round(model.sae_config.n_latents - test["test/active_units"]))}
 
 
 def probe_accuracy(encoder_state: dict | None, args: argparse.Namespace) -> float:

@@ -25,8 +25,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-from benchmarks.bench_ksae import default_model_args, images, trainer  # noqa: E402
-from lightning_modules.ksparse_autoencoder import KSparseAutoencoder  # noqa: E402
+from benchmarks.bench_ksae import build_model, default_model_args, images, trainer  # noqa: E402
 from common.hardware import detect  # noqa: E402
 
 
@@ -66,7 +65,7 @@ def main(argv=None) -> list[float]:
         raise SystemExit(f"--epochs must be at least {start + 2} (the k schedule takes {start})")
     L.seed_everything(0, workers=True, verbose=False)
     timer = AlternateSelectDtype(start)
-    trainer(epochs, [timer]).fit(KSparseAutoencoder(**options), datamodule=images(args))
+    trainer(epochs, [timer]).fit(build_model(options), datamodule=images(args))
     print(f"torch threads {torch.get_num_threads()}; epochs {start}..{epochs - 1} at k = {options['k']}, "
           f"{'10,000 images' if args.quick else 'all training images'}")
     print("| pair | float32 s | bfloat16 s | float32 / bfloat16 |\n|---|---|---|---|")

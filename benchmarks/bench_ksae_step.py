@@ -1,4 +1,4 @@
-"""One k-sparse AE training step, sparse kernels vs dense matmuls, across k (issue 3's speed).
+"""One k-sparse AE training step, sparse kernels vs dense matmuls, across k.
 
     python benchmarks/bench_ksae_step.py            # 784 → 1024, batch 256, k = 50 ... 300
     python benchmarks/bench_ksae_step.py --quick    # fewer repeats (seconds)
@@ -28,21 +28,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from components.ksparse import KSparseAE, linear_in  # noqa: E402
 from common.hardware import detect  # noqa: E402
+from components.sparse_coder import SparseCoder, SparseCoderConfig  # noqa: E402
 
 
-def make_step(net: KSparseAE, x: torch.Tensor, k: int):
+def linear_in(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The engine's select matmul: ``addmm`` in ``dtype``, with the casts."""
+    return torch.addmm(bias.to(dtype), x.to(dtype), weight.to(dtype).t())
+
+
+def make_step(net: SparseCoder, x: torch.Tensor, k: int):
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
 
     def step() -> None:
-        out = net(x, k=k)
-        loss = F.mse_loss(out.recon, x)
+        loss = F.mse_loss(net.decode_sparse(net.encode_sparse(x, k)), x)
         optimizer.zero_grad()
         loss.backward()
-        net.project_decoder_grad()
+        net.project_decoder_grad_()
         optimizer.step()
-        net.normalize_decoder()
+        net.normalize_decoder_()
 
     return step
 
@@ -82,10 +86,11 @@ def main(argv=None) -> None:
     print("| k | density | sparse ms | dense ms | dense / sparse | sparse bf16 ms | sparse / sparse bf16 |\n"
           "|---|---|---|---|---|---|---|")
     for k in args.ks:
-        base = KSparseAE(784, args.n_units, k, True, True, True, sparse=True, sparse_max_density=1.0,
-                         select_dtype=torch.float32)
+        options = dict(n_latents=args.n_units, k=k, pre_bias=True, sparse_max_density=1.0, select_dtype="float32")
+        base = SparseCoder(784, SparseCoderConfig(**options), seed=0)
         dense, bf16 = copy.deepcopy(base), copy.deepcopy(base)
-        dense.sparse, bf16.select_dtype = False, torch.bfloat16
+        dense.config = SparseCoderConfig(**{**options, "sparse": False})
+        bf16.select_dtype = torch.bfloat16
         steps = {"sparse": make_step(base, x, k), "dense": make_step(dense, x, k),
                  "sparse bf16": make_step(bf16, x, k)}
         ms = round_robin(steps, repeats)

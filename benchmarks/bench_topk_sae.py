@@ -11,12 +11,12 @@ forward (with autograd recording, plus the MSE), forward+backward, and the full 
 (zero_grad, forward, backward, gradient projection, optimizer step, renormalisation). The floor
 is the encoder forward matmul alone (``addmm``), which every contestant must do.
 
-Contestants: ``ours`` (components.TopKSAE + fused Adam); ``overcomplete``
+Contestants: ``ours`` (``components.sparse_coder.SparseCoder`` + fused Adam); ``overcomplete``
 (``overcomplete.sae.TopKSAE`` + ``torch.optim.Adam`` defaults, as one would build on the library);
 ``overcomplete+fused`` (the same with fused Adam, to separate the optimizer's share); ``dense``
 (plain PyTorch dense TopK SAE, autograd, default Adam). Then the USAE joint step (M = 2: every
 model encodes, every code is decoded by every decoder, loss = Σ self + 1.5 Σ cross) on
-``SAEBank`` with backend ours vs overcomplete.
+``SAEBank`` with our coders vs ``benchmarks.overcomplete_backend`` (the library's, same weights).
 
 By default this sets ``THP_MEM_ALLOC_ENABLE=1`` before importing torch (2 MB-aligned, huge-page
 backed large allocations: fewer page faults for the 80 MB gradient tensors); ``--no-thp`` keeps
@@ -59,9 +59,10 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from components.sae_bank import SAEBank, make_adam  # noqa: E402
-from components.topk_sae import TopKSAE  # noqa: E402
+from benchmarks.overcomplete_backend import overcomplete_bank  # noqa: E402
 from common.hardware import detect  # noqa: E402
+from components.sae_bank import SAEBank, make_adam  # noqa: E402
+from components.sparse_coder import SparseCoder, SparseCoderConfig  # noqa: E402
 
 
 class DenseTopKSAE(nn.Module):
@@ -92,13 +93,13 @@ class DenseTopKSAE(nn.Module):
 
 def contestants(d: int, n: int, k: int, seed: int = 0):
     """name -> (forward(x) -> loss, optimizer, before_step, after_step), all on the same weights."""
-    ours = TopKSAE(d, n, k, seed=seed).to(DEVICE)
+    ours = SparseCoder(d, SparseCoderConfig(n_latents=n, k=k, select_dtype="float32"), seed=seed).to(DEVICE)
     oc = ours.to_overcomplete()
     oc2 = ours.to_overcomplete()
     dense = DenseTopKSAE(ours)
 
     def ours_fwd(x):
-        return (ours.decode_topk(ours.encode_topk(x)) - x).square().mean()
+        return (ours.decode_sparse(ours.encode_sparse(x)) - x).square().mean()
 
     def oc_fwd(model):
         return lambda x: (model(x)[2] - x).square().mean()
@@ -108,7 +109,7 @@ def contestants(d: int, n: int, k: int, seed: int = 0):
 
     nothing = lambda: None  # noqa: E731
     return {
-        "ours": (ours_fwd, make_adam(ours.parameters(), 1e-4), ours.remove_parallel_grad_, ours.normalize_decoder_),
+        "ours": (ours_fwd, make_adam(ours.parameters(), 1e-4), ours.project_decoder_grad_, ours.normalize_decoder_),
         "overcomplete": (oc_fwd(oc), torch.optim.Adam(oc.parameters(), lr=1e-4), nothing, nothing),
         "overcomplete+fused": (oc_fwd(oc2), torch.optim.Adam(oc2.parameters(), lr=1e-4, fused=True), nothing, nothing),
         "dense": (dense_fwd, torch.optim.Adam(dense.parameters(), lr=1e-4), dense.before_step, dense.after_step),
@@ -190,13 +191,9 @@ def bench_single(d: int, n: int, k: int, batch: int, repeats: int) -> list[str]:
 def bench_usae(dims: dict[str, int], n: int, k: int, batch: int, repeats: int) -> list[str]:
     torch.manual_seed(0)
     data = {name: F.normalize(torch.randn(batch, d).abs(), dim=1).to(DEVICE) for name, d in dims.items()}
-    ours = SAEBank(dims, n, k, backend="ours", seed=0).to(DEVICE)
-    ocs = []
-    for _ in range(2):
-        oc = SAEBank(dims, n, k, backend="overcomplete", seed=0).to(DEVICE)
-        for name in dims:
-            oc.saes[name].sae.load_state_dict(ours.saes[name].to_overcomplete_state_dict())
-        ocs.append(oc)
+    config = SparseCoderConfig(n_latents=n, k=k, select_dtype="float32")
+    ours = SAEBank(dims, config, seed=0).to(DEVICE)
+    ocs = [overcomplete_bank(dims, config, seed=0, weights_from=ours).to(DEVICE) for _ in range(2)]
     names = list(dims)
 
     def step_fn(bank, opt):
@@ -204,9 +201,9 @@ def bench_usae(dims: dict[str, int], n: int, k: int, batch: int, repeats: int) -
             opt.zero_grad(set_to_none=True)
             loss, _ = bank.loss(data, names, "all", cross_weight=1.5)
             loss.backward()
-            bank.before_optimizer_step()
+            bank.project_decoder_grads_()
             opt.step()
-            bank.after_optimizer_step()
+            bank.normalize_and_revive_()
         return step
 
     enc = [(ours.saes[nm].b_enc.detach(), ours.saes[nm].W_enc.detach(), data[nm]) for nm in names]

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from common.errors import UserError
 from components.backbones import build_backbone, check_arch, default_layer
+from components.schedules import warmup_cosine
 
 
 class BackboneClassifier(L.LightningModule):
@@ -71,6 +72,8 @@ class BackboneClassifier(L.LightningModule):
             raise UserError(f"model.bn_momentum must be in (0, 1] or null, got {bn_momentum}")
         if not 0.0 <= label_smoothing < 1.0:
             raise UserError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if warmup_epochs < 0:
+            raise UserError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
         if schedule_epochs is not None and schedule_epochs < 1:
             raise UserError(f"model.schedule_epochs must be at least 1 (or null), got {schedule_epochs}")
         if feature_layer is None:
@@ -129,14 +132,9 @@ class BackboneClassifier(L.LightningModule):
         """Multiplier of ``lr`` at optimizer step ``step``: linear warm-up, then cosine to 0 (or 1)."""
         hp = self.hparams
         warmup = hp.warmup_epochs * steps_per_epoch
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if hp.scheduler == "none":
-            return 1.0
         epochs = hp.schedule_epochs or self.trainer.max_epochs
-        total = max(epochs * steps_per_epoch - warmup, 1.0)
-        progress = min((step - warmup) / total, 1.0)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(step, epochs * steps_per_epoch, warmup=warmup, hold=warmup,
+                             cosine=hp.scheduler != "none")
 
     def configure_optimizers(self):
         # fused Adam: one kernel for all parameters (several times faster per step, CPU and CUDA)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -12,106 +9,82 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from common.errors import UserError
-from components.ksparse import KSparseAE, densify
+from components.schedules import warmup_cosine
+from components.sparse_coder import SparseCoder, SparseCoderConfig
+from lightning_modules.run_record import resolve_and_record
 from metrics.active_units import ActiveUnits
+
+# The study's engine options (the combination the ablation in ``benchmarks/bench_ksae.py`` chose).
+KSAE_DEFAULTS = dict(n_latents=1024, k=50, k_start=300, k_anneal_epochs=4, pre_bias=True, decoder_bias=True,
+                     tied_init=True, unit_norm_decoder=True, aux_k=0, aux_coef=1 / 32, dead_window=1000,
+                     revive_bias_step=1e-3, sparse=True, sparse_max_density=0.2, select_dtype="auto")
 
 
 class KSparseAutoencoder(L.LightningModule):
-    """784 → ``n_units`` ReLU + top-``k`` code → linear decoder, MSE per pixel, Adam.
+    """784 → ``sae.n_latents`` ReLU + top-``k`` code → linear decoder, MSE per pixel, Adam.
 
-    Batches are ``(images (B, 1, 28, 28) in [0, 1], labels)``; labels are ignored. Logs
-    ``train/loss`` (MSE per pixel), ``val/loss`` (MSE per pixel pooled over the split, float64),
-    ``val/active_units`` (units that fire on at least one validation image), ``val/dead_fraction``,
-    the same for ``test/``, and ``train/dead_units`` (units silent for ``dead_window`` training
-    samples, the ones AuxK and the bias revival act on).
-
-    The dead-unit cures are options (all off = the plain model of the issue); defaults are the
-    combination the ablation in ``benchmarks/bench_ksae.py`` chose.
+    The network is ``self.net``, a ``components.sparse_coder.SparseCoder`` (its ``encoder`` and
+    ``decoder`` submodules are what ``encoder.pth`` / ``decoder.pth`` hold). Batches are
+    ``(images (B, 1, 28, 28) in [0, 1], labels)``; labels are ignored. Logs ``train/loss`` (MSE per
+    pixel), ``val/loss`` (MSE per pixel pooled over the split, float64), ``val/active_units``
+    (units that fire on at least one validation image), ``val/dead_fraction``, the same for
+    ``test/``, and ``train/dead_units`` (units silent for ``sae.dead_window`` training samples).
 
     Args:
         input_dim: pixels per image.
-        n_units: code size.
-        k: units kept per sample (the target k when a k schedule is used).
-        lr: peak Adam learning rate (the issue's plain recipe: 1e-3, constant).
+        sae: the engine options (``SparseCoderConfig``; ``docs/engine.md``); default the study's
+            (n_latents=1024, k=50 after a 300 → 50 schedule over 4 epochs, tied pre-bias,
+            revive bias 1e-3 per step after 1,000 silent samples, select_dtype auto).
+        lr: peak Adam learning rate.
         lr_final_fraction: cosine decay of the learning rate down to ``lr * lr_final_fraction`` by
             the last step of ``trainer.max_epochs`` (1.0 = constant learning rate).
         lr_decay_start: fraction of the steps held at ``lr`` before that decay starts (0 = decay
             from the first step; a late start is the "warmup-stable-decay" shape).
-        unit_norm_decoder: unit-norm decoder atoms, gradient component along each atom removed.
-        tied_init: encoder initialised as the decoder's transpose.
-        pre_bias: subtract the decoder bias (tied, initialised to the first batch's mean) before encoding.
-        k_aux: units in the AuxK loss on dead units (0 = off).
-        auxk_coef: weight of the AuxK loss.
-        revive_bias_step: raise the encoder bias of every dead unit by this much each step, until it
-            fires again (0 = off); a homeostatic firing floor.
-        dead_window: a unit counts as dead (for AuxK and the bias revival) after this many training
-            samples without firing.
-        k_start: Makhzani & Frey's schedule: start with this k (``None`` = no schedule) ...
-        k_anneal_epochs: ... and lower it linearly to ``k`` over this many epochs.
-        sparse: train through the sparse kernels (same math as the dense path, faster on CPU).
-        sparse_max_density: use them only while k (+ k_aux) is at most this share of ``n_units``;
-            denser steps (early in a k schedule) are faster as dense matmuls.
-        select_dtype: dtype of the encoder matmul of the sparse training steps, which picks the k
-            winners and gives their values; gradients, the dense steps, validation and test stay
-            float32. ``bfloat16`` is 2.1× faster for that matmul on CPUs with AVX512-BF16 or AMX and
-            on GPUs, test MSE within run-to-run noise (README, Study 2); use ``float32`` on CPUs
-            without native bfloat16.
     """
 
     def __init__(
         self,
         input_dim: int = 784,
-        n_units: int = 1024,
-        k: int = 50,
+        sae: SparseCoderConfig | None = None,
         lr: float = 2e-3,
         lr_final_fraction: float = 0.0,
         lr_decay_start: float = 0.5,
-        unit_norm_decoder: bool = True,
-        tied_init: bool = True,
-        pre_bias: bool = True,
-        k_aux: int = 0,
-        auxk_coef: float = 1 / 32,
-        revive_bias_step: float = 1e-3,
-        dead_window: int = 1000,
-        k_start: int | None = 300,
-        k_anneal_epochs: int = 4,
-        sparse: bool = True,
-        sparse_max_density: float = 0.2,
-        select_dtype: Literal["float32", "bfloat16"] = "bfloat16",
     ) -> None:
         super().__init__()
-        if not 0 < k <= n_units:
-            raise UserError(f"model.k={k} must be between 1 and model.n_units={n_units}; lower k")
-        if k_start is not None and not k <= k_start <= n_units:
-            raise UserError(f"model.k_start={k_start} must be between k={k} and n_units={n_units}")
+        config = SparseCoderConfig.coerce(sae, **KSAE_DEFAULTS)
+        if lr <= 0:
+            raise UserError(f"model.lr={lr} must be positive")
         if not 0.0 <= lr_final_fraction <= 1.0 or not 0.0 <= lr_decay_start < 1.0:
             raise UserError(f"model.lr_final_fraction={lr_final_fraction} must be in [0, 1] and "
                             f"model.lr_decay_start={lr_decay_start} in [0, 1)")
-        if not 0.0 <= sparse_max_density <= 1.0:
-            raise UserError(f"model.sparse_max_density={sparse_max_density} must be in [0, 1]")
-        if select_dtype not in ("float32", "bfloat16"):
-            raise UserError(f"model.select_dtype={select_dtype!r} must be 'float32' or 'bfloat16'")
-        self.save_hyperparameters()
-        self.net = KSparseAE(input_dim, n_units, k, unit_norm_decoder, tied_init, pre_bias, sparse,
-                             sparse_max_density, getattr(torch, select_dtype))
+        self.save_hyperparameters(ignore=["sae"])
+        self.hparams["sae"] = config.as_dict()
+        self.sae_config = config
+        self.net = SparseCoder(input_dim, config)
         self.register_buffer("bias_initialized", torch.tensor(False))
-        self.register_buffer("samples_since_fired", torch.zeros(n_units, dtype=torch.long))
+        n = config.n_latents
         self.val_mse, self.test_mse = MeanMetric(), MeanMetric()
         self.val_mse.set_dtype(torch.float64)
         self.test_mse.set_dtype(torch.float64)
-        self.val_active, self.test_active = ActiveUnits(n_units), ActiveUnits(n_units)
+        self.val_active, self.test_active = ActiveUnits(n), ActiveUnits(n)
+
+    def setup(self, stage: str) -> None:
+        """Resolve ``sae.select_dtype`` for the device (once), log and record it (``run_record``)."""
+        self.net.select_dtype = resolve_and_record(self, self.sae_config)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # before the engine was unified the dead-unit counts lived on the system
+        state = checkpoint.get("state_dict", {})
+        if "samples_since_fired" in state:
+            state["net.samples_since_fired"] = state.pop("samples_since_fired")
 
     def current_k(self) -> int:
-        """k for this epoch: ``k_start`` lowered linearly to ``k`` over ``k_anneal_epochs``, else ``k``."""
-        hp = self.hparams
-        if hp.k_start is None or hp.k_anneal_epochs <= 0 or self._trainer is None:
-            return hp.k
-        done = min(1.0, self.current_epoch / hp.k_anneal_epochs)
-        return round(hp.k_start - (hp.k_start - hp.k) * done)
+        """k for this epoch (the ``sae.k_start`` → ``sae.k`` schedule)."""
+        return self.sae_config.k_at(self.current_epoch if self._trainer is not None else 10**9)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Sparse codes (B, n_units) of images (B, ...) with ``input_dim`` pixels."""
-        return self.net.encode(self._check(images))
+        """Sparse codes (B, n_latents) of images (B, ...) with ``input_dim`` pixels."""
+        return self.net.encode(self._check(images))[1]
 
     def _check(self, images: Tensor) -> Tensor:
         x = images.flatten(1)
@@ -121,55 +94,51 @@ class KSparseAutoencoder(L.LightningModule):
         return x
 
     def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        if self.hparams.pre_bias and not self.bias_initialized:
-            self.net.init_pre_bias(self._check(batch[0]).mean(0))
+        if self.net.b_dec is not None and not self.bias_initialized:
+            self.net.init_pre_bias_(self._check(batch[0]).mean(0))
             self.bias_initialized.fill_(True)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = self._check(batch[0])
-        hp = self.hparams
-        track = hp.k_aux > 0 or hp.revive_bias_step > 0
-        dead = self.samples_since_fired >= hp.dead_window if track else None
-        if hp.revive_bias_step > 0:
-            self.net.raise_bias(dead, hp.revive_bias_step)
-        out = self.net(x, k=self.current_k(), dead=dead, k_aux=hp.k_aux)
-        mse = F.mse_loss(out.recon, x)
+        net, cfg = self.net, self.sae_config
+        codes = net.encode_sparse(x, self.current_k())
+        recon = net.decode_sparse(codes)
+        mse = F.mse_loss(recon, x)
         loss = mse
+        logging = self._logging_step()
+        track = cfg.aux_k > 0 or cfg.revive_bias_step > 0
+        if logging and track:
+            self.log("train/dead_units", net.dead_mask().sum().float())
+        if cfg.aux_k > 0:
+            aux = net.auxk_loss(x, recon, codes)
+            loss = loss + cfg.aux_coef * aux
         if track:
-            fired = torch.zeros_like(dead).index_fill_(0, out.indices[out.values > 0], True)
-            self.samples_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
-        if hp.k_aux > 0:
-            aux = self.net.auxk_loss(x, out)
-            loss = loss + hp.auxk_coef * aux
-        if self._logging_step():
+            net.update_dead(codes)
+        if logging:
             self.log("train/loss", mse, prog_bar=True)
-            if track:
-                self.log("train/dead_units", dead.sum().float())
-            if hp.k_aux > 0:
+            if cfg.aux_k > 0:
                 self.log("train/auxk_loss", aux)
         return loss
 
     def _logging_step(self) -> bool:
         """Whether Lightning writes this step's logs (the first step and every
-        ``trainer.log_every_n_steps``-th): a ``self.log`` call costs about 0.65 ms on CPU
-        (``benchmarks/bench_lightning_log.py``), two of them some 10% of a k = 50 step, so the other
-        steps skip them."""
+        ``trainer.log_every_n_steps``-th); the other steps skip the ``self.log`` calls, whose
+        overhead is a noticeable share of a small step (``benchmarks/bench_lightning_log.py``)."""
         step, every = self.global_step, max(1, self.trainer.log_every_n_steps)
         return step == 0 or (step + 1) % every == 0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.hparams.unit_norm_decoder:
-            self.net.project_decoder_grad()
+        self.net.project_decoder_grad_()
 
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        if self.hparams.unit_norm_decoder:
-            self.net.normalize_decoder()
+        self.net.normalize_decoder_()
+        self.net.revive_dead_()
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], mse: MeanMetric, active: ActiveUnits) -> None:
         x = self._check(batch[0])
-        out = self.net(x)
-        active.update(densify(out.values, out.indices, self.hparams.n_units))
-        mse.update((out.recon - x).pow(2).mean(1))
+        codes = self.net.encode_sparse(x)
+        active.update(self.net.dense(codes))
+        mse.update((self.net.decode_sparse(codes) - x).pow(2).mean(1))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_mse, self.val_active)
@@ -197,10 +166,6 @@ class KSparseAutoencoder(L.LightningModule):
             return optimizer
         total = max(1, self.trainer.estimated_stepping_batches)
         hold = int(start * total)
-
-        def factor(step: int) -> float:  # 1 until ``hold``, then cosine from 1 to ``floor``
-            done = min(max(step - hold, 0), total - hold) / max(1, total - hold)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, hold=hold, final=floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -20,8 +20,10 @@ import lightning as L
 import torch
 
 from common.errors import UserError
-from components.sae_bank import Backend, SAEBank, lr_lambda, make_adam
-from components.topk_sae import TopKCodes
+from components.sae_bank import LOSS_NORMALISATIONS, LossNormalisation, SAEBank, make_adam
+from components.schedules import warmup_cosine
+from components.sparse_coder import SparseCodes, SparseCoderConfig
+from lightning_modules.run_record import resolve_and_record
 from metrics.universality import UniversalityMetrics
 
 Stage = Literal["val", "test"]
@@ -40,36 +42,43 @@ class MultiSAESystem(L.LightningModule):
     def __init__(
         self,
         feature_dims: Mapping[str, int],
-        n_latents: int,
-        k: int,
+        sae: SparseCoderConfig | Mapping | None,
+        *,
         lr: float,
-        backend: Backend,
-        pre_bias: bool,
-        tied_init: bool,
-        aux_k: int,
-        aux_coef: float,
-        dead_window: int,
-        revive_bias_step: float,
         warmup_steps: int,
         lr_schedule: Literal["constant", "cosine"],
         grad_clip: float | None,
         fire_threshold: float,
         check_finite: bool,
         seed: int,
+        loss_normalisation: LossNormalisation,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
+        config = SparseCoderConfig.coerce(sae, n_latents=10_000, k=32)
         if lr <= 0:
-            raise UserError(f"lr={lr} must be positive")
-        self.bank = SAEBank(feature_dims, n_latents, k, backend=backend, pre_bias=pre_bias, tied_init=tied_init,
-                            aux_k=aux_k, aux_coef=aux_coef, dead_window=dead_window,
-                            revive_bias_step=revive_bias_step, seed=seed)
+            raise UserError(f"model.lr={lr} must be positive")
+        if warmup_steps < 0:
+            raise UserError(f"model.warmup_steps={warmup_steps} must be >= 0")
+        if lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"model.lr_schedule={lr_schedule!r} is unknown; use 'constant' or 'cosine'")
+        if grad_clip is not None and grad_clip <= 0:
+            raise UserError(f"model.grad_clip={grad_clip} must be positive or null")
+        if loss_normalisation not in LOSS_NORMALISATIONS:
+            raise UserError(f"model.loss_normalisation={loss_normalisation!r} is unknown; "
+                            f"use one of {', '.join(LOSS_NORMALISATIONS)}")
+        self.sae_config = config
+        self.bank = SAEBank(feature_dims, config, seed=seed)
         self.model_names = list(self.bank.names)
         dims = [self.bank.feature_dims[n] for n in self.model_names]
-        self.val_metrics = UniversalityMetrics(dims, n_latents, fire_threshold)
-        self.test_metrics = UniversalityMetrics(dims, n_latents, fire_threshold)
+        self.val_metrics = UniversalityMetrics(dims, config.n_latents, fire_threshold)
+        self.test_metrics = UniversalityMetrics(dims, config.n_latents, fire_threshold)
         self._results: dict[str, dict[str, torch.Tensor]] = {}
-        self._pre_bias_pending = pre_bias
+        self._pre_bias_pending = config.pre_bias or config.decoder_bias
+
+    def setup(self, stage: str) -> None:
+        """Resolve ``sae.select_dtype`` for the device (once), log and record it (``run_record``)."""
+        self.bank.set_select_dtype(resolve_and_record(self, self.sae_config))
 
     # ----- what the subclasses choose ---------------------------------------------------------
     def train_sources(self) -> list[str]:
@@ -79,15 +88,16 @@ class MultiSAESystem(L.LightningModule):
         return [self.model_names]
 
     # ----- analysis API -------------------------------------------------------------------------
-    def encode(self, model: str, x: torch.Tensor) -> TopKCodes:
-        """Sparse codes of model ``model``'s features x (B, d): ``.idx``/``.vals`` (B, k), ``.pre_codes`` (B, n)."""
+    def encode(self, model: str, x: torch.Tensor) -> SparseCodes:
+        """Sparse codes of model ``model``'s features x (B, d): ``.indices``/``.values`` (B, k),
+        ``.pre_codes`` (B, n)."""
         return self.bank.encode(model, x)
 
     def dense_codes(self, model: str, x: torch.Tensor) -> torch.Tensor:
         """(B, n) TopK codes of model ``model``'s features x (B, d)."""
         return self.bank.dense_codes(model, self.bank.encode(model, x))
 
-    def decode(self, model: str, codes: TopKCodes) -> torch.Tensor:
+    def decode(self, model: str, codes: SparseCodes) -> torch.Tensor:
         """Decode codes from any encoder with model ``model``'s decoder: (B, d_model)."""
         return self.bank.decode(model, codes)
 
@@ -107,15 +117,17 @@ class MultiSAESystem(L.LightningModule):
         stepping = [i for i, g in enumerate(groups) if any(s in g for s in sources)]
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        loss, parts = self.bank.loss(batch, sources, self.targets, self.cross_weight, training=True)
+        loss, parts = self.bank.loss(batch, sources, self.targets, self.cross_weight, training=True,
+                                     k=self.sae_config.k_at(self.current_epoch),
+                                     normalisation=self.hparams.loss_normalisation)
         self.manual_backward(loss)
         stepped = [name for i in stepping for name in groups[i]]
-        self.bank.before_optimizer_step(stepped)
+        self.bank.project_decoder_grads_(stepped)
         for i in stepping:
             if self.hparams.grad_clip:
                 self.clip_gradients(opts[i], gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
             opts[i].step()
-        self.bank.after_optimizer_step(stepped)
+        self.bank.normalize_and_revive_(stepped)
         scheds = self.lr_schedulers()
         with warnings.catch_warnings():  # paper mode steps the schedulers of undrawn models on purpose
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -145,7 +157,11 @@ class MultiSAESystem(L.LightningModule):
                 for g in self.optimizer_groups()]
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
         total = int(total) if total != float("inf") else 0
-        f = lr_lambda(self.hparams.warmup_steps, total, self.hparams.lr_schedule)
+        warmup, cosine = self.hparams.warmup_steps, self.hparams.lr_schedule == "cosine"
+
+        def f(step: int) -> float:
+            return warmup_cosine(step, total, warmup=warmup, hold=warmup, cosine=cosine)
+
         return opts, [torch.optim.lr_scheduler.LambdaLR(o, f) for o in opts]
 
     # ----- evaluation ---------------------------------------------------------------------------

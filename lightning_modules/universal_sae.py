@@ -10,7 +10,8 @@ import random
 from typing import Literal
 
 from common.errors import UserError
-from components.sae_bank import Backend
+from components.sae_bank import LossNormalisation
+from components.sparse_coder import SparseCoderConfig
 from lightning_modules.sae_base import MultiSAESystem
 
 
@@ -32,46 +33,36 @@ class UniversalSAE(MultiSAESystem):
 
     Args:
         feature_dims: backbone name -> feature dim, in model order (from the datamodule).
-        n_latents: shared dictionary size n. k: active latents per sample (k < n).
+        sae: the options of every backbone's sparse coder (``SparseCoderConfig``: n_latents, k,
+            pre_bias, AuxK, revive, kernels; ``docs/engine.md``); default n_latents=10,000, k=32.
         mode: "joint" or "paper" (see above).
-        cross_weight: weight of every cross-reconstruction MSE (study: 1.5 in joint mode).
+        cross_weight: weight of every cross-reconstruction term (study: 1.5 in joint mode).
         lr: Adam learning rate (fused Adam where available).
-        backend: "ours" (fast sparse ``TopKSAE``) or "overcomplete" (the library's ``TopKSAE``).
-        pre_bias: learn b_dec, subtracted before encoding, initialised to the first batch's mean.
-        tied_init: initialise each encoder as its decoder's transpose.
-        aux_k: AuxK on latents dead for ``dead_window`` training samples (Gao et al. 2024); 0: off.
-        aux_coef: weight of the AuxK loss.
-        dead_window: samples without firing after which a latent counts as dead (AuxK, revive).
-        revive_bias_step: raise the encoder bias of dead latents by this after every step; 0: off.
         warmup_steps: linear LR warm-up, in global steps.
         lr_schedule: "constant" or "cosine" (to 0 at the end of training) after warm-up.
         grad_clip: clip each stepped optimizer's gradient norm to this; None: no clipping.
         fire_threshold: a code fires when > this (evaluation metrics).
         check_finite: stop with a one-line error on NaN/inf in a batch (one host sync per step).
         seed: initialisation seed (SAE m uses seed + m) and the paper-mode draw seed.
+        loss_normalisation: how each reconstruction term is scaled ("mean": MSE over B·d_j;
+            "squared_norm": per-sample squared error; "per_model_variance": MSE / variance of
+            x_j); ``SAEBank.loss``.
     """
 
     def __init__(
         self,
         feature_dims: dict[str, int],
-        n_latents: int = 10_000,
-        k: int = 32,
+        sae: SparseCoderConfig | None = None,
         mode: Literal["joint", "paper"] = "joint",
         cross_weight: float = 1.5,
         lr: float = 1e-4,
-        backend: Backend = "ours",
-        pre_bias: bool = False,
-        tied_init: bool = True,
-        aux_k: int = 0,
-        aux_coef: float = 1.0 / 32,
-        dead_window: int = 100_000,
-        revive_bias_step: float = 0.0,
         warmup_steps: int = 0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         grad_clip: float | None = None,
         fire_threshold: float = 0.0,
         check_finite: bool = True,
         seed: int = 0,
+        loss_normalisation: LossNormalisation = "mean",
     ) -> None:
         if len(feature_dims) < 2:
             raise UserError(f"a universal SAE needs at least 2 backbones; got {list(feature_dims)}")
@@ -79,10 +70,11 @@ class UniversalSAE(MultiSAESystem):
             raise UserError(f"mode={mode!r} is unknown; use 'joint' or 'paper'")
         if cross_weight < 0:
             raise UserError(f"cross_weight={cross_weight} must be >= 0")
-        super().__init__(feature_dims, n_latents, k, lr, backend, pre_bias, tied_init, aux_k, aux_coef,
-                         dead_window, revive_bias_step, warmup_steps, lr_schedule, grad_clip, fire_threshold,
-                         check_finite, seed)
-        self.save_hyperparameters()
+        super().__init__(feature_dims, sae, lr=lr, warmup_steps=warmup_steps, lr_schedule=lr_schedule,
+                         grad_clip=grad_clip, fire_threshold=fire_threshold, check_finite=check_finite,
+                         seed=seed, loss_normalisation=loss_normalisation)
+        self.save_hyperparameters(ignore=["sae"])
+        self.hparams["sae"] = self.sae_config.as_dict()
         self.mode = mode
         self.cross_weight = float(cross_weight)
         self.targets = "all"

@@ -93,7 +93,7 @@ def test_configs_compose_and_print(repo_root):
     printed = yaml.safe_load(result.stdout)
     assert printed["trainer"]["max_epochs"] == 3
     assert printed["trainer"]["accelerator"] == "cpu"
-    assert printed["model"]["init_args"]["k"] == 50
+    assert printed["model"]["init_args"]["sae"]["k"] == 50
 
 
 def test_seed_everything_seeds_the_datamodule(tmp_path):
@@ -163,7 +163,7 @@ def test_bad_config_from_the_real_command_line(tmp_path, repo_root):
     (["--trainer.max_epochs", "abc"], "config key 'trainer.max_epochs'"),
     (["--config", "configs/does_not_exist.yaml"], "does_not_exist.yaml"),
     (["--data.class_path", "datamodules.nope.NopeDataModule"], "config key 'data'"),
-    (["--model.init_args.k", "5000"], "k=5000"),
+    (["--model.init_args.sae.k", "5000"], "k=5000"),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, capsys, extra, expected):
     code, stderr = run_in_process(["--config", KSAE, "--run.root", str(tmp_path / "runs"), *extra], capsys)

@@ -13,19 +13,22 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from components.ksparse import (
-    KSparseAE, TopKEncoder, _GatheredLinear, decoder_from_state, encoder_from_state, read_state_dict,
-    topk_mask)
+from components.ksparse import TopKEncoder, decoder_from_state, encoder_from_state, read_state_dict, topk_mask
+from components.sparse_coder import SparseCoder, SparseCoderConfig, _GatherPreCodes
 from lightning_modules.ksparse_autoencoder import KSparseAutoencoder
 
 
-def make_net(sparse: bool = True, **overrides) -> KSparseAE:
-    torch.manual_seed(0)
-    options = dict(input_dim=20, n_units=32, k=4, unit_norm_decoder=True, tied_init=True,
-                   pre_bias=True, sparse=sparse, sparse_max_density=1.0,
-                   select_dtype=torch.float32)
+def make_net(sparse: bool = True, **overrides) -> SparseCoder:
+    """The k-sparse AE's engine at a small size (20 pixels, 32 units, k = 4), seeded."""
+    options = dict(n_latents=32, k=4, unit_norm_decoder=True, tied_init=True, pre_bias=True,
+                   decoder_bias=True, sparse=sparse, sparse_max_density=1.0, select_dtype="float32")
     options.update(overrides)
-    return KSparseAE(**options)
+    return SparseCoder(20, SparseCoderConfig(**options), seed=0)
+
+
+def train_forward(net: SparseCoder, x: torch.Tensor, k: int | None = None):
+    codes = net.encode_sparse(x, k)
+    return codes, net.decode_sparse(codes)
 
 
 # ----- component math ------------------------------------------------------------------------
@@ -42,39 +45,46 @@ def test_topk_keeps_exactly_k_largest_per_row():
 
 def test_encoder_codes_have_at_most_k_nonzeros_and_are_nonnegative():
     net = make_net()
-    codes = net.encode(torch.rand(16, 20))
+    _, codes = net.encode(torch.rand(16, 20))
     assert codes.shape == (16, 32)
     assert ((codes > 0).sum(1) <= 4).all() and (codes >= 0).all()
-    out = net(torch.rand(16, 20))
+    out, _ = train_forward(net, torch.rand(16, 20))
     assert out.values.shape == out.indices.shape == (16, 4)
 
 
 def test_unit_norm_after_renormalisation_and_tied_init():
     net = make_net()
-    assert torch.allclose(net.atoms().norm(dim=1), torch.ones(32), atol=1e-6)
+    assert torch.allclose(net.W_dec.norm(dim=1), torch.ones(32), atol=1e-6)
     assert torch.equal(net.encoder.weight, net.decoder.weight)  # encoder = decoderᵀ (rows = atoms)
     assert torch.all(net.encoder.bias == 0)
     with torch.no_grad():
         net.decoder.weight.mul_(torch.rand(32, 1) * 5 + 0.1)
-    net.normalize_decoder()
-    assert torch.allclose(net.atoms().norm(dim=1), torch.ones(32), atol=1e-6)
+    net.normalize_decoder_()
+    assert torch.allclose(net.W_dec.norm(dim=1), torch.ones(32), atol=1e-6)
+    plain = make_net(unit_norm_decoder=False)
+    with torch.no_grad():
+        plain.decoder.weight.mul_(3.0)
+    plain.normalize_decoder_()  # off: atoms keep their norm
+    assert torch.allclose(plain.W_dec.norm(dim=1), torch.full((32,), 3.0), atol=1e-5)
 
 
 def test_pre_bias_is_tied_to_the_decoder_bias():
     net = make_net()
-    net.init_pre_bias(torch.full((20,), 0.25))
+    net.init_pre_bias_(torch.full((20,), 0.25))
     assert net.encoder.pre_bias is net.decoder.bias
     assert torch.all(net.decoder.bias == 0.25)
-    assert not isinstance(make_net(pre_bias=False).encoder.pre_bias, torch.nn.Parameter)
+    untied = make_net(pre_bias=False)
+    assert not isinstance(untied.encoder.pre_bias, torch.nn.Parameter) and untied.b_dec is not None
+    assert make_net(pre_bias=False, decoder_bias=False).b_dec is None
 
 
 def test_gradient_projection_removes_the_component_along_each_atom():
     net = make_net()
     x = torch.rand(16, 20)
-    F.mse_loss(net(x).recon, x).backward()
+    F.mse_loss(train_forward(net, x)[1], x).backward()
     assert (net.decoder.weight.grad * net.decoder.weight).sum(1).abs().max() > 1e-6
     before = net.decoder.weight.grad.clone()
-    net.project_decoder_grad()
+    net.project_decoder_grad_()
     grad, atoms = net.decoder.weight.grad, net.decoder.weight
     assert (grad * atoms).sum(1).abs().max() < 1e-7
     # what is left is the original minus its parallel part
@@ -83,87 +93,120 @@ def test_gradient_projection_removes_the_component_along_each_atom():
 
 
 def test_sparse_kernels_match_the_dense_reference_with_auxk():
-    net = make_net(sparse=True)
-    net.init_pre_bias(torch.rand(20))
+    net = make_net(sparse=True, aux_k=6)
+    net.init_pre_bias_(torch.rand(20))
     ref = copy.deepcopy(net)
-    ref.sparse = False
+    ref.config = SparseCoderConfig(**{**net.config.as_dict(), "sparse": False})
     x = torch.rand(16, 20)
-    dead = torch.zeros(32, dtype=torch.bool)
-    dead[::3] = True
     for model in (net, ref):
-        out = model(x, dead=dead, k_aux=6)
-        (F.mse_loss(out.recon, x) + model.auxk_loss(x, out)).backward()
-    assert torch.allclose(net(x).recon, ref(x).recon, atol=1e-6)
+        model.samples_since_fired[::3] = 10**6
+        codes, recon = train_forward(model, x)
+        aux = model.auxk_loss(x, recon, codes)
+        assert aux > 0
+        (F.mse_loss(recon, x) + aux).backward()
+    assert torch.allclose(train_forward(net, x)[1], train_forward(ref, x)[1], atol=1e-6)
     for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
     # the dense codes of encode() reconstruct like the training path
-    assert torch.allclose(net.decode(net.encode(x)), net(x).recon, atol=1e-6)
+    assert torch.allclose(net.decode(net.encode(x)[1]), train_forward(net, x)[1], atol=1e-6)
 
 
 def test_bfloat16_select_trains_close_to_float32_and_evaluates_in_float32():
     """``select_dtype`` bfloat16 rounds the winners' forward values (so they differ from float32, by
     bfloat16's precision); the gradients it feeds stay close; evaluation mode is float32 exactly."""
-    net = make_net(n_units=64, k=8)
-    net.init_pre_bias(torch.rand(20))
+    net = make_net(n_latents=64, k=8)
+    net.init_pre_bias_(torch.rand(20))
     low = copy.deepcopy(net)
     low.select_dtype = torch.bfloat16
     x = torch.rand(32, 20)
     outs = []
     for model in (net, low):
-        out = model(x)
-        F.mse_loss(out.recon, x).backward()
-        outs.append(out)
-    assert not torch.equal(outs[0].recon, outs[1].recon)
-    same = outs[0].indices.sort(1).values == outs[1].indices.sort(1).values
+        codes, recon = train_forward(model, x)
+        F.mse_loss(recon, x).backward()
+        outs.append((codes, recon))
+    assert not torch.equal(outs[0][1], outs[1][1])
+    (c0, _), (c1, _) = outs
+    same = c0.indices.sort(1).values == c1.indices.sort(1).values
     assert same.float().mean() > 0.9
     rows = same.all(1)  # samples with the same winners: values agree to bfloat16 precision
     assert rows.sum() > 16
-    assert torch.allclose(outs[0].values.gather(1, outs[0].indices.argsort(1))[rows],
-                          outs[1].values.gather(1, outs[1].indices.argsort(1))[rows], rtol=2e-2, atol=1e-2)
+    assert torch.allclose(c0.values.gather(1, c0.indices.argsort(1))[rows],
+                          c1.values.gather(1, c1.indices.argsort(1))[rows], rtol=2e-2, atol=1e-2)
     for (name, p), (_, q) in zip(net.named_parameters(), low.named_parameters()):
         assert (p.grad - q.grad).norm() < 0.1 * p.grad.norm(), name
     net.eval(), low.eval()
-    assert torch.equal(net(x).recon, low(x).recon)
+    assert torch.equal(train_forward(net, x)[1], train_forward(low, x)[1])
 
 
-def test_select_dtype_other_than_float32_or_bfloat16_is_a_user_error():
-    with pytest.raises(UserError, match="model.select_dtype='float16' must be 'float32' or 'bfloat16'"):
-        KSparseAutoencoder(input_dim=20, n_units=32, k=4, k_start=None, select_dtype="float16")
+def test_select_dtype_other_than_auto_float32_or_bfloat16_is_a_user_error():
+    with pytest.raises(UserError, match="sae.select_dtype='float16' must be 'auto', 'float32' or 'bfloat16'"):
+        KSparseAutoencoder(input_dim=20, sae=SparseCoderConfig(n_latents=32, k=4, select_dtype="float16"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_select_dtype_auto_resolves_once_at_setup_and_is_recorded(native, monkeypatch):
+    import common.hardware as hardware
+
+    fake = hardware.Hardware(cpu_model="test", cpu_capability="AVX512" if native else "AVX2",
+                             cpu_native_bf16=native, threads=1, cuda_device=None, cuda_bf16=False)
+    monkeypatch.setattr(hardware, "detect", lambda: fake)
+    model = KSparseAutoencoder(input_dim=20, sae=SparseCoderConfig(n_latents=32, k=4))
+    model.setup("fit")
+    expected = "bfloat16" if native else "float32"
+    assert model.hparams.select_dtype_resolved == expected
+    assert model.net.select_dtype == getattr(torch, expected)
+    explicit = KSparseAutoencoder(input_dim=20, sae=SparseCoderConfig(n_latents=32, k=4, select_dtype="float32"))
+    explicit.setup("fit")
+    assert explicit.net.select_dtype == torch.float32  # an explicit value wins
 
 
 def test_dense_steps_leave_the_sparse_kernels(monkeypatch):
     """Above ``sparse_max_density`` a step takes the dense path: same numbers, no sparse kernel."""
     calls = []
-    original = _GatheredLinear.apply
-    monkeypatch.setattr(_GatheredLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    original = _GatherPreCodes.apply
+    monkeypatch.setattr(_GatherPreCodes, "apply", lambda *a: calls.append(1) or original(*a))
     net = make_net(sparse=True, sparse_max_density=0.25)  # 8 of 32 units
     ref = make_net(sparse=False)
     x = torch.rand(16, 20)
-    assert torch.allclose(net(x, k=8).recon, ref(x, k=8).recon, atol=1e-6) and len(calls) == 1
-    net(x, k=9)
-    net(x, k=4, dead=torch.ones(32, dtype=torch.bool), k_aux=6)  # 4 + 6 AuxK units > 8
+    assert torch.allclose(train_forward(net, x, k=8)[1], train_forward(ref, x, k=8)[1], atol=1e-6)
+    assert len(calls) == 1
+    train_forward(net, x, k=9)
+    assert len(calls) == 1
+    aux = make_net(sparse=True, sparse_max_density=0.25, aux_k=6)
+    train_forward(aux, x, k=4)  # 4 + 6 AuxK units > 8
     assert len(calls) == 1
 
 
 def test_auxk_loss_is_zero_without_dead_units_and_positive_with():
-    net = make_net()
+    net = make_net(aux_k=4)
     x = torch.rand(16, 20)
-    assert net.auxk_loss(x, net(x, dead=torch.zeros(32, dtype=torch.bool), k_aux=4)) == 0
-    out = net(x, dead=torch.ones(32, dtype=torch.bool), k_aux=4)
-    assert out.aux_indices.shape == (16, 4) and net.auxk_loss(x, out) > 0
+    codes, recon = train_forward(net, x)
+    assert net.auxk_loss(x, recon, codes) == 0
+    net.samples_since_fired.fill_(10**6)
+    codes, recon = train_forward(net, x)
+    aux = net.auxk_loss(x, recon, codes)
+    assert aux > 0
+    # Σ(ê - e)² / Σe²: the top-4 dead (here: all) pre-activations, ReLU'd, decode the residual e
+    residual = (x - recon).detach()
+    vals, idx = codes.pre_codes.topk(4, dim=1)
+    aux_hat = torch.zeros(16, 32).scatter(1, idx, vals.relu()) @ net.W_dec.detach()
+    expected = (aux_hat - residual).square().sum() / residual.square().sum()
+    torch.testing.assert_close(aux.detach(), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_k_larger_than_code_size_is_a_user_error():
-    with pytest.raises(UserError, match="k=40 must be between 1 and model.n_units=32"):
-        KSparseAutoencoder(input_dim=20, n_units=32, k=40)
+    with pytest.raises(UserError, match="sae.k=40 must satisfy 1 <= k < n_latents=32"):
+        KSparseAutoencoder(input_dim=20, sae=SparseCoderConfig(n_latents=32, k=40))
+    with pytest.raises(UserError, match="model.lr=0"):
+        KSparseAutoencoder(input_dim=20, sae=SparseCoderConfig(n_latents=32, k=4), lr=0)
     with pytest.raises(ValueError):
         TopKEncoder(20, 8, 9)
 
 
 def test_sparse_max_density_outside_unit_interval_is_a_user_error():
     for bad in (-0.1, 1.5):
-        with pytest.raises(UserError, match=f"model.sparse_max_density={bad} must be in \\[0, 1\\]"):
-            KSparseAutoencoder(input_dim=20, n_units=32, k=4, k_start=None, sparse_max_density=bad)
+        with pytest.raises(UserError, match=f"sae.sparse_max_density={bad} must be in \\[0, 1\\]"):
+            SparseCoderConfig(n_latents=32, k=4, sparse_max_density=bad)
 
 
 def test_encoder_and_decoder_load_from_state_and_reject_other_shapes(tmp_path: Path):
@@ -172,7 +215,7 @@ def test_encoder_and_decoder_load_from_state_and_reject_other_shapes(tmp_path: P
     state = read_state_dict(tmp_path / "encoder.pth", "net.encoder.", "encoder")
     encoder = encoder_from_state(state, "encoder", input_dim=20)
     x = torch.rand(4, 20)
-    assert torch.equal(encoder(x), net.encode(x))
+    assert torch.equal(encoder(x), net.encode(x)[1])
     assert decoder_from_state(net.decoder.state_dict(), "decoder").weight.shape == (32, 20)
     with pytest.raises(UserError, match="encodes 20 inputs but the data has 784"):
         encoder_from_state(state, "encoder", input_dim=784)
@@ -200,8 +243,8 @@ def _train(tmp_path: Path, repo_root: Path, version: str, epochs: int = 2, extra
             "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
             "--data.init_args.train_subset", "2048",
             "--data.init_args.val_size", "512", "--run.root", str(tmp_path), "--run.version", version,
-            "--model.init_args.n_units", "256", "--model.init_args.k", "16",
-            "--model.init_args.k_start", "64", *extra]
+            "--model.init_args.sae.n_latents", "256", "--model.init_args.sae.k", "16",
+            "--model.init_args.sae.k_start", "64", *extra]
     done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((tmp_path / "fashion_mnist_ksae" / version / "results.json").read_text())
@@ -227,6 +270,10 @@ def test_training_reduces_loss_logs_active_units_and_exports_weights(trained: Pa
     assert encoder["weight"].shape == (256, 784) and int(encoder["k"]) == 16
     assert decoder["weight"].shape == (256, 784) and decoder["bias"].shape == (784,)
     assert torch.equal(encoder["pre_bias"], decoder["bias"])
+    import yaml
+
+    hparams = yaml.safe_load((run / "hparams.yaml").read_text())  # the run records the resolved dtype
+    assert hparams["select_dtype_resolved"] in ("float32", "bfloat16") and hparams["sae"]["k"] == 16
 
 
 class _LogsEveryStep(KSparseAutoencoder):
@@ -243,7 +290,8 @@ def _step_logs(cls: type, data_dir: Path, root: Path) -> list[dict]:
     from datamodules.fashion_mnist import FashionMNISTDataModule
 
     L.seed_everything(0, verbose=False)
-    model = cls(n_units=64, k=8, k_start=None, dead_window=32)
+    model = cls(sae=SparseCoderConfig(n_latents=64, k=8, dead_window=32, pre_bias=True, decoder_bias=True,
+                                      revive_bias_step=1e-3))
     data = FashionMNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=64, train_subset=384,
                                   download=False)
     L.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(root), log_every_n_steps=5,
@@ -271,8 +319,8 @@ def test_same_config_and_seed_twice_gives_the_same_numbers(trained: Path, repo_r
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-@pytest.mark.parametrize("override, message", [(("--model.init_args.k", "2000"), "k=2000"),
-                                               (("--model.init_args.select_dtype", "float16"), "select_dtype")])
+@pytest.mark.parametrize("override, message", [(("--model.init_args.sae.k", "2000"), "k=2000"),
+                                               (("--model.init_args.sae.select_dtype", "float16"), "select_dtype")])
 def test_bad_model_options_from_the_command_line_are_one_line(override, message, tmp_path: Path,
                                                               repo_root: Path):
     args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/ksae.yaml", *override,

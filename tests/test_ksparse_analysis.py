@@ -20,7 +20,7 @@ from analysis.ksparse.study import KSparseStudy
 from common.errors import UserError
 from common.run_options import WandbOptions
 from datamodules.fashion_mnist import FashionMNISTDataModule
-from components.ksparse import KSparseAE
+from components.sparse_coder import SparseCoder, SparseCoderConfig
 
 N_UNITS, K = 128, 12
 
@@ -36,19 +36,19 @@ def runs(tmp_path_factory, repo_root) -> tuple[Path, Path]:
     data = tiny_data(repo_root)
     images, labels = data.split("train")
     x = data.transform(images).flatten(1)
-    net = KSparseAE(784, N_UNITS, K, True, True, True, True, 1.0, torch.float32)
-    net.init_pre_bias(x.mean(0))
+    net = SparseCoder(784, SparseCoderConfig(n_latents=N_UNITS, k=K, pre_bias=True, decoder_bias=True, sparse_max_density=1.0, select_dtype="float32"))
+    net.init_pre_bias_(x.mean(0))
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(4):
         for batch in x.split(256):
-            loss = F.mse_loss(net(batch).recon, batch)
+            loss = F.mse_loss(net(batch)[2], batch)
             optimizer.zero_grad()
             loss.backward()
-            net.project_decoder_grad()
+            net.project_decoder_grad_()
             optimizer.step()
-            net.normalize_decoder()
+            net.normalize_decoder_()
     with torch.no_grad():
-        codes = net.encode(x)
+        codes = net.encode(x)[1]
     classifier = torch.nn.Linear(N_UNITS, 10)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
     for _ in range(60):

@@ -13,7 +13,7 @@ import torch
 
 from common.errors import UserError
 from datamodules.fashion_mnist import FashionMNISTDataModule
-from components.ksparse import KSparseAE
+from components.sparse_coder import SparseCoder, SparseCoderConfig
 from datamodules.feature_data import FeatureData
 from lightning_modules.linear_probe import LinearProbe, classifier_from_state
 
@@ -22,8 +22,8 @@ from lightning_modules.linear_probe import LinearProbe, classifier_from_state
 def encoder_file(tmp_path_factory) -> Path:
     """A small random k-sparse encoder saved as encoder.pth (784 → 64, k = 8)."""
     torch.manual_seed(0)
-    net = KSparseAE(784, 64, 8, True, True, True, True, 1.0, torch.float32)
-    net.init_pre_bias(torch.full((784,), 0.3))
+    net = SparseCoder(784, SparseCoderConfig(n_latents=64, k=8, pre_bias=True, decoder_bias=True, sparse_max_density=1.0, select_dtype="float32"))
+    net.init_pre_bias_(torch.full((784,), 0.3))
     path = tmp_path_factory.mktemp("enc") / "encoder.pth"
     torch.save(net.encoder.state_dict(), path)
     return path

@@ -14,13 +14,21 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader
 
 from callbacks.universality_logger import UniversalityLogger
+from benchmarks.overcomplete_backend import overcomplete_bank
 from common.errors import UserError
+from components.sparse_coder import SparseCoderConfig
 from lightning_modules.independent_saes import IndependentSAEs
 from lightning_modules.universal_sae import UniversalSAE
 from usae_synthetic import AlignedFeatures, make_features
 
 DIMS = {"alpha": 24, "beta": 16}
-SMALL = dict(n_latents=64, k=4, lr=3e-3)
+def small(**sae_options) -> dict:
+    """System arguments of a small USAE; float32 select, so runs compare exactly on any CPU."""
+    return dict(sae=SparseCoderConfig(**{"n_latents": 64, "k": 4, "select_dtype": "float32", **sae_options}),
+                lr=3e-3)
+
+
+SMALL = small()
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +99,8 @@ def test_paper_mode_steps_only_the_drawn_model(data):
     changed = {n for n, p in usae.named_parameters() if not torch.equal(p, before[n])}
     (src,) = drawn
     other = next(n for n in DIMS if n != src)
-    assert {f"bank.saes.{src}.W_enc", f"bank.saes.{src}.W_dec", f"bank.saes.{src}.b_enc"} <= changed
+    assert {f"bank.saes.{src}.encoder.weight", f"bank.saes.{src}.decoder.weight",
+            f"bank.saes.{src}.encoder.bias"} <= changed
     assert not any(f"saes.{other}." in n for n in changed)
 
 
@@ -120,9 +129,8 @@ def test_paper_mode_every_scheduler_follows_the_global_step(data):
 
 def test_overcomplete_backend_same_weights_same_metrics(data):
     ours = UniversalSAE(DIMS, **SMALL)
-    oc = UniversalSAE(DIMS, backend="overcomplete", **SMALL)
-    for name in DIMS:
-        oc.bank.saes[name].sae.load_state_dict(ours.bank.saes[name].to_overcomplete_state_dict())
+    oc = UniversalSAE(DIMS, **SMALL)
+    oc.bank = overcomplete_bank(DIMS, ours.sae_config, weights_from=ours.bank)
     val = _loaders(data)[1]
     r_ours = _trainer().validate(ours, val, verbose=False)[0]
     r_oc = _trainer().validate(oc, val, verbose=False)[0]
@@ -133,19 +141,20 @@ def test_overcomplete_backend_same_weights_same_metrics(data):
 
 
 def test_checkpoint_round_trip_with_load_from_checkpoint(data, tmp_path):
-    model = UniversalSAE(DIMS, pre_bias=True, aux_k=8, dead_window=256, **SMALL)
+    model = UniversalSAE(DIMS, **small(pre_bias=True, aux_k=8, dead_window=256))
     trainer, _ = _fit(model, data, epochs=1)
     assert model.bank.saes["alpha"].b_dec.abs().sum() > 0  # pre-bias was set from data
     path = tmp_path / "usae.ckpt"
     trainer.save_checkpoint(path)
     loaded = UniversalSAE.load_from_checkpoint(path)
-    assert loaded.hparams.feature_dims == DIMS and loaded.hparams.pre_bias
+    assert loaded.hparams.feature_dims == DIMS and loaded.hparams.sae["pre_bias"]
+    assert loaded.sae_config == model.sae_config and model.hparams.select_dtype_resolved == "float32"
     x = data[1]["beta"][:16]
     model.eval()
     loaded.eval()
     with torch.no_grad():
         codes = model.encode("beta", x)
-        torch.testing.assert_close(loaded.encode("beta", x).idx.sort(1).values, codes.idx.sort(1).values)
+        torch.testing.assert_close(loaded.encode("beta", x).indices.sort(1).values, codes.indices.sort(1).values)
         torch.testing.assert_close(loaded.decode("alpha", codes), model.decode("alpha", codes))
         assert loaded.dense_codes("beta", x).shape == (16, 64)
     indep = IndependentSAEs(DIMS, **SMALL)
@@ -187,7 +196,15 @@ def _batch(rows=8):
 
 def test_bad_input_is_one_line_user_error(data):
     with pytest.raises(UserError, match="k=64"):
-        UniversalSAE(DIMS, n_latents=64, k=64)
+        UniversalSAE(DIMS, sae=SparseCoderConfig(n_latents=64, k=64))
+    with pytest.raises(UserError, match="k=64"):  # as a checkpoint's hparams give it
+        UniversalSAE(DIMS, sae={"n_latents": 64, "k": 64})
+    with pytest.raises(UserError, match="model.lr=0"):
+        UniversalSAE(DIMS, **{**SMALL, "lr": 0.0})
+    with pytest.raises(UserError, match="model.warmup_steps=-1"):
+        UniversalSAE(DIMS, warmup_steps=-1, **SMALL)
+    with pytest.raises(UserError, match="loss_normalisation='l1'"):
+        UniversalSAE(DIMS, loss_normalisation="l1", **SMALL)
     with pytest.raises(UserError, match="at least 2 backbones"):
         UniversalSAE({"alpha": 24}, **SMALL)
     model = UniversalSAE(DIMS, **SMALL)

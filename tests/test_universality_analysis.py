@@ -22,7 +22,7 @@ from analysis.universality.selection import check_latents, select_latents
 from analysis.universality.stats import feature_statistics
 from analysis.universality.top_images import top_activating
 from common.errors import UserError
-from components.topk_sae import TopKSAE
+from components.sparse_coder import SparseCoder, SparseCoderConfig
 from lightning_modules.universal_sae import UniversalSAE
 
 
@@ -173,7 +173,7 @@ def test_selection_picks_universal_and_round_robin_specific_and_checks_range():
 # ----- codes and R² of a real system ------------------------------------------------------------------
 def test_codes_and_r2_of_a_system_match_direct_computation():
     torch.manual_seed(0)
-    system = UniversalSAE({"p": 6, "q": 5}, n_latents=16, k=3, pre_bias=True)
+    system = UniversalSAE({"p": 6, "q": 5}, sae=SparseCoderConfig(n_latents=16, k=3, pre_bias=True))
     with torch.no_grad():
         for sae in system.bank.saes.values():
             sae.b_dec.normal_(0, 0.1)
@@ -200,7 +200,7 @@ def test_codes_and_r2_of_a_system_match_direct_computation():
 
 
 def test_empty_split_and_unaligned_rows_are_user_errors():
-    system = UniversalSAE({"p": 6, "q": 5}, n_latents=16, k=3)
+    system = UniversalSAE({"p": 6, "q": 5}, sae=SparseCoderConfig(n_latents=16, k=3))
     with pytest.raises(UserError, match="empty"):
         extract_codes(system, {"p": torch.zeros(0, 6), "q": torch.zeros(0, 5)}, 8)
     with pytest.raises(UserError, match="aligned"):
@@ -213,7 +213,7 @@ def _tiny_objective(seed=0):
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     head = FeatureHead(net, L2Normalize())
-    sae = TopKSAE(16, 32, 4, pre_bias=True, seed=seed)
+    sae = SparseCoder(16, SparseCoderConfig(n_latents=32, k=4, pre_bias=True), seed=seed)
     with torch.no_grad():
         sae.b_dec.normal_(0, 0.05)
     return head, sae, LatentObjective(lambda x: (x.expand(-1, 3, -1, -1) - 0.5) / 0.25, head, sae)
@@ -253,7 +253,7 @@ def test_activation_max_on_a_torchvision_backbone_with_random_weights():
     net = torchvision.models.resnet18(weights=None, num_classes=10)
     net.fc = nn.Identity()  # features at avgpool, 512-d
     head = FeatureHead(net, L2Normalize())
-    sae = TopKSAE(512, 64, 8, seed=0)
+    sae = SparseCoder(512, SparseCoderConfig(n_latents=64, k=8), seed=0)
     objective = LatentObjective(lambda x: (x - 0.45) / 0.25, head, sae)
     with frozen(head, sae):
         res = maximize_latents(objective, [1, 2], (3, 32, 32),

@@ -93,7 +93,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
     data = _data(root, BACKBONES)
-    common = {"feature_dims": DIMS, "n_latents": N_LATENTS, "k": 4, "lr": 1e-2, "pre_bias": True}
+    common = {"feature_dims": DIMS, "sae": {"n_latents": N_LATENTS, "k": 4, "pre_bias": True}, "lr": 1e-2}
     usae = _train(root, "usae", {"class_path": "lightning_modules.universal_sae.UniversalSAE", "init_args": common},
                   data)
     indep = _train(root, "independent", {"class_path": "lightning_modules.independent_saes.IndependentSAEs",

@@ -13,13 +13,14 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler
 
+from components.sparse_coder import SparseCoderConfig
 from lightning_modules.universal_sae import UniversalSAE
 from usae_synthetic import AlignedFeatures, make_features
 
 pytestmark = pytest.mark.slow
 
 DIMS = {"alpha": 24, "beta": 16, "gamma": 12}
-SMALL = dict(n_latents=64, k=4, lr=3e-3)
+SMALL = dict(sae=SparseCoderConfig(n_latents=64, k=4, select_dtype="float32"), lr=3e-3)
 KEYS = ("val/r2_self_mean", "val/r2_cross_mean", "val/dead_fraction", "val/l0_mean", "val/loss")
 
 
