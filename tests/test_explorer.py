@@ -137,8 +137,9 @@ def _data(tmp: Path, archs: dict[str, str]) -> dict:
 def _train(root: Path, name: str, cls: str, data: dict) -> Path:
     import train
 
-    model = {"class_path": cls, "init_args": {"feature_dims": {"r18": 512, "mb": 1024}, "n_latents": N_LATENTS,
-                                               "k": K, "lr": 1e-2, "pre_bias": True}}
+    model = {"class_path": cls, "init_args": {"feature_dims": {"r18": 512, "mb": 1024}, "lr": 1e-2,
+                                               "sae": {"n_latents": N_LATENTS, "k": K, "pre_bias": True,
+                                                       "select_dtype": "float32"}}}
     config = {"seed_everything": 0,
               "run": {"root": str(root), "name": name, "version": "main", "test_after_fit": False},
               "model": model, "data": data,
@@ -318,26 +319,27 @@ def ksparse_runs(tmp_path_factory, fashion_data_dir):
     """A tiny k-sparse AE (64 units) and a probe on its codes, trained without a Trainer."""
     import torch.nn.functional as F
 
-    from components.ksparse import KSparseAE
+    from components.sparse_coder import SparseCoder, SparseCoderConfig
     from datamodules.fashion_mnist import FashionMNISTDataModule
 
     torch.manual_seed(0)
     data = FashionMNISTDataModule(data_dir=str(fashion_data_dir), train_subset=2048, val_size=256)
     images, labels = data.split("train")
     x = data.transform(images).flatten(1)
-    net = KSparseAE(784, 64, 8, True, True, True, True, 1.0, torch.float32)
-    net.init_pre_bias(x.mean(0))
+    net = SparseCoder(784, SparseCoderConfig(n_latents=64, k=8, pre_bias=True, decoder_bias=True,
+                                             sparse_max_density=1.0, select_dtype="float32"))
+    net.init_pre_bias_(x.mean(0))
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(2):
         for batch in x.split(256):
-            loss = F.mse_loss(net(batch).recon, batch)
+            loss = F.mse_loss(net(batch)[2], batch)
             optimizer.zero_grad()
             loss.backward()
-            net.project_decoder_grad()
+            net.project_decoder_grad_()
             optimizer.step()
-            net.normalize_decoder()
+            net.normalize_decoder_()
     with torch.no_grad():
-        codes = net.encode(x)
+        codes = net.encode(x)[1]
     classifier = torch.nn.Linear(64, 10)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
     for _ in range(40):
