@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The dead-latent sweep of the Fashion-MNIST universality study: one training run per row, written
+# to runs/fashion_mnist_{usae,independent}/<row>/. Rows are chosen on the validation split;
+# `make results` (scripts/make_results.py) turns the run folders into the sweep table.
+#   bash scripts/sweep_universality.sh list            # the rows
+#   bash scripts/sweep_universality.sh usae:lr5e-4     # train one row
+# Every run: the Makefile's stage command plus the row's overrides (run niced on a shared machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+FM=configs/fashion_mnist
+M=--model.init_args
+
+declare -A ROWS=(
+  # baseline: the previous defaults (lr 1e-4 constant, no AuxK, revive 1e-4, 4,096 latents)
+  [base]="$M.lr 0.0001 $M.lr_schedule constant $M.warmup_steps 0 $M.aux_k 0 $M.pre_bias false $M.revive_bias_step 0.0001 $M.dead_window 4096"
+  # learning rate for the 280-step budget, warm-up + cosine, pre-bias (data mean), AuxK on dead latents
+  [lr5e-4_auxk]="$M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 256 $M.dead_window 20480 $M.revive_bias_step 0.0001"
+  [lr5e-4_auxk_n2048]="$M.n_latents 2048 $M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 256 $M.dead_window 20480 $M.revive_bias_step 0.0001"
+  [lr1e-3_auxk]="$M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 512 $M.dead_window 10240 $M.revive_bias_step 0.0001"
+  [lr5e-4_auxk_norevive]="$M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 256 $M.dead_window 20480 $M.revive_bias_step 0.0"
+  [lr5e-4_nopre]="$M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias false $M.aux_k 256 $M.dead_window 20480 $M.revive_bias_step 0.0001"
+)
+
+if [[ "${1:-list}" == list ]]; then
+  for r in "${!ROWS[@]}"; do echo "$r: ${ROWS[$r]}"; done | sort
+  exit 0
+fi
+system=${1%%:*}; row=${1#*:}; seed=${2:-0}
+[[ -n "${ROWS[$row]+x}" ]] || { echo "error: unknown row '$row' (bash $0 list)" >&2; exit 2; }
+case $system in
+  usae) sae=(--config configs/sae/usae_joint.yaml --config $FM/usae.yaml) ;;
+  independent) sae=(--config configs/sae/independent.yaml --config $FM/independent.yaml) ;;
+  *) echo "error: system '$system' must be usae or independent" >&2; exit 2 ;;
+esac
+version=sweep_$row; [[ $seed == 0 ]] || version=${version}_seed$seed
+# shellcheck disable=SC2086
+exec $PYTHON train.py --config $FM/activations.yaml "${sae[@]}" --run.version "$version" \
+  --seed_everything "$seed" $M.seed "$seed" --data.init_args.progress false ${ROWS[$row]}
