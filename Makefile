@@ -14,7 +14,7 @@ FM := configs/fashion_mnist
 CF := configs/cifar100
 banner = @echo "==== [$$(date +%H:%M:%S)] $(1)"
 
-.PHONY: setup test test-slow demo fashion-study ksae-study universality-study cifar-study bench
+.PHONY: setup test test-slow demo fashion-study ksae-study universality-study cifar-study bench results
 
 setup:
 	PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -108,3 +108,7 @@ $(C_REPORT): $(CF)/analysis_universality.yaml $(C_USAE) $(C_INDEP)
 bench: setup
 	$(PYTHON) benchmarks/bench_fashion_loading.py
 	$(PYTHON) benchmarks/bench_topk_sae.py --quick
+
+# docs/results.md (+ docs/figures/) from the run folders; no number in it is typed by hand
+results:
+	$(PYTHON) scripts/make_results.py
