@@ -76,10 +76,10 @@ class UniversalityLogger(L.Callback):
         out[f"{stage}/n_alive"] = float(res["n_alive"])
         out[f"{stage}/rare_fraction"] = float(res["rare_fraction"])
         out[f"{stage}/cofiring_iou_mean"] = float(res["cofiring_iou_mean"])
-        if alive.numel():
-            out[f"{stage}/entropy_mean"] = float(alive.mean())
-            out[f"{stage}/entropy_frac_universal"] = float((alive > 1 - self.band).double().mean())
-            out[f"{stage}/entropy_frac_specific"] = float((alive < self.band).double().mean())
+        nan = float("nan")  # no alive latent: the columns stay, the values say "undefined"
+        out[f"{stage}/entropy_mean"] = float(alive.mean()) if alive.numel() else nan
+        out[f"{stage}/entropy_frac_universal"] = float((alive > 1 - self.band).double().mean()) if alive.numel() else nan
+        out[f"{stage}/entropy_frac_specific"] = float((alive < self.band).double().mean()) if alive.numel() else nan
         return out
 
     def entropy_figure(self, res: dict[str, torch.Tensor], stage: str):
