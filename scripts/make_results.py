@@ -182,15 +182,22 @@ def rare_max(split: dict) -> float:
     return max(split["rare_fraction"].values())
 
 
+BASELINE = "base"  # the run version holding the previous defaults, if scored
+
+
 def choose(rows: list[dict]) -> int | None:
     """The chosen row, on validation only: the highest val R² self among rows whose val rare
-    fraction (worst model) meets the goal; if none does, the lowest val rare fraction."""
+    fraction (worst model) meets the goal; if none does, the lowest val rare fraction among rows
+    whose val R² self is no lower than the baseline row's (all rows without a baseline)."""
     if not rows:
         return None
     ok = [i for i, r in enumerate(rows) if rare_max(r["val"]) <= RARE_GOAL]
     if ok:
         return max(ok, key=lambda i: rows[i]["val"]["r2_self_mean"])
-    return min(range(len(rows)), key=lambda i: rare_max(rows[i]["val"]))
+    base = [r["val"]["r2_self_mean"] for r in rows if r.get("version") == BASELINE]
+    floor = base[0] if base else -math.inf
+    pool = [i for i, r in enumerate(rows) if r["val"]["r2_self_mean"] >= floor] or list(range(len(rows)))
+    return min(pool, key=lambda i: rare_max(rows[i]["val"]))
 
 
 # ----- universality sections -----------------------------------------------------------------------
@@ -225,7 +232,8 @@ def universality_sweep(ctx: Context) -> Section | None:
         parts.append(f"Rare: fires on fewer than {rb} images of the split ({n_val} validation, {n_test} test "
                      f"images; on validation the same count is the stricter criterion). Never: fires on none. "
                      f"Chosen on validation only: the highest val R² self among rows with val rare ≤ "
-                     f"{RARE_GOAL:.0%} in every model, else the lowest val rare. Test columns are for information.")
+                     f"{RARE_GOAL:.0%} in every model; if none, the lowest val rare among rows with val R² self no "
+                     f"lower than `{BASELINE}` (the previous defaults). Test columns are for information.")
     body = ("\n\n".join(parts) + "\n\n" + ctx.provenance(
         "each run's `splits.json` (`python scripts/eval_sae_splits.py <run>`, best checkpoint by val loss) and "
         "`config.yaml`; every run was trained by `bash scripts/sweep_universality.sh <system>:<row> [seed]` "
@@ -336,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     from common.hardware import detect
 
     load_section_modules(SECTION_MODULES)
-    ctx = Context(args.runs, args.docs, detect().line())
+    shown = " ".join(argv if argv is not None else sys.argv[1:])
+    ctx = Context(args.runs, args.docs, detect().line(),
+                  command="make results" if not shown else f"python scripts/make_results.py {shown}")
     ctx.headline_pattern = args.headline  # type: ignore[attr-defined]
     text = build(ctx)
     args.docs.mkdir(parents=True, exist_ok=True)

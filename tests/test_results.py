@@ -65,9 +65,11 @@ def test_sweep_table_is_read_from_the_runs_and_the_choice_uses_validation_only(t
     assert "machine: test" in text and "independent SAEs**: no scored runs" in text
 
 
-def test_choose_falls_back_to_the_lowest_validation_rare_fraction():
+def test_choose_falls_back_to_the_lowest_validation_rare_fraction_at_no_lower_r2():
     rows = [{"val": _split(0.9, (0.5, 0.4), 20)}, {"val": _split(0.7, (0.3, 0.2), 20)}]
     assert mr.choose(rows) == 1 and mr.choose([]) is None
+    rows.append({"version": "base", "val": _split(0.8, (0.9, 0.9), 20)})
+    assert mr.choose(rows) == 0  # row 1 has less R² than the previous defaults
 
 
 def test_headline_mean_std_over_seeds_and_no_difference_within_the_spread(tmp_path):
