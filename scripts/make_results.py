@@ -277,9 +277,12 @@ def headline_table(reports: list[dict]) -> str:
 
 
 @section
-def universality_headline(ctx: Context, pattern: str | None = None) -> Section | None:
+def universality_headline(ctx: Context, pattern: str | None = None, title: str = "Universality: headline (USAE vs "
+                          "independent SAEs)", figure_prefix: str = "universality") -> Section | None:
     pattern = pattern or ctx_pattern(ctx)
     paths = headline_reports(ctx.runs, pattern)
+    if not paths and pattern == BASELINE:
+        return None
     if not paths:
         return Section("Universality: headline", f"No universality report matches `{ctx.runs}/{SYSTEMS['usae'][0]}/"
                        f"{pattern}/universality_report/report.json`; run `bash scripts/seeds_universality.sh` "
@@ -293,7 +296,7 @@ def universality_headline(ctx: Context, pattern: str | None = None) -> Section |
                          ("r2", "R² matrices")):
         rel = reports[0].get("figures", {}).get(key)
         if rel and (paths[0].parent / rel).is_file():
-            link = ctx.figure(paths[0].parent / rel, f"universality_{key}.png")
+            link = ctx.figure(paths[0].parent / rel, f"{figure_prefix}_{key}.png")
             figures.append(f"![{caption}]({link})\n\n*{caption} ({paths[0].parent.parent.name}).*")
     body = "\n\n".join([
         f"{len(reports)} seed(s) ({', '.join(p.parent.parent.name for p in paths)}): mean ± std. {setup['n_latents']} "
@@ -305,7 +308,14 @@ def universality_headline(ctx: Context, pattern: str | None = None) -> Section |
                        "`python analyze.py --config configs/fashion_mnist/analysis_universality.yaml` for that seed's "
                        "runs (`bash scripts/seeds_universality.sh`)"),
         *figures])
-    return Section("Universality: headline (USAE vs independent SAEs)", body)
+    return Section(title, body)
+
+
+@section
+def universality_previous_defaults(ctx: Context) -> Section | None:
+    """The same table for the previous defaults (run version ``base``), when its report exists."""
+    return universality_headline(ctx, BASELINE, "Universality: the previous defaults (for comparison)",
+                                 "universality_base")
 
 
 def ctx_pattern(ctx: Context) -> str:
