@@ -130,3 +130,7 @@ bench: setup
 OUT ?= runs/gpu_check
 gpu-check:  # no setup: the GPU machine may be offline (install requirements.txt first)
 	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(OUT)
+
+# docs/results.md (+ docs/figures/) from the run folders; no number in it is typed by hand
+results:
+	$(PYTHON) scripts/make_results.py

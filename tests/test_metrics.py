@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from common.errors import UserError
-from metrics.universality import CoFiring, DeadFraction, FiringEntropy, L0, R2Matrix, UniversalityMetrics
+from metrics.active_units import ActiveUnits
+from metrics.universality import (CoFiring, DeadFraction, FiringCounts, FiringEntropy, FiringOptions, L0, R2Matrix,
+                                 UniversalityMetrics)
 
 DIMS = [7, 5, 6]
 NL = 12  # latents
@@ -137,9 +139,88 @@ def test_bundle_and_bad_shapes():
     res = bundle.compute()
     np.testing.assert_allclose(res["r2"].numpy(), _numpy_r2(feats, recons), rtol=1e-10)
     assert res["r2"].dtype == torch.float64
+    np.testing.assert_allclose(res["l0"].numpy(), [(c > 0).sum(1).mean() for c in codes], rtol=1e-12)
     bundle.reset()
-    assert float(bundle.l0.count.sum()) == 0
+    assert float(bundle["firing"].n_samples.sum()) == 0 and float(bundle["r2"].count.sum()) == 0
     with pytest.raises(UserError, match="shape"):
         FiringEntropy(NL, 3).update([_t(c[:, :5]) for c in codes])
     with pytest.raises(UserError, match="3x3"):
         R2Matrix(DIMS).update([_t(f) for f in feats], [[_t(r) for r in row[:2]] for row in recons])
+
+
+@pytest.mark.parametrize("rare_below", [1, 10, 30])
+def test_both_dead_definitions_and_frequency_histogram_match_numpy(rare_below):
+    _, _, codes = _data(1)
+    codes[1][:80, 7] = 0.0  # latent 7 fires on a few samples only in model 1
+    metric = FiringCounts(NL, 3, rare_below=rare_below)
+    for a, b in _splits(S, 4):
+        metric.update([_t(c[a:b]) for c in codes])
+    res = metric.compute()
+    counts = _numpy_fire_counts(codes, 0.0)
+    np.testing.assert_allclose(res["dead_fraction_per_model"].numpy(), (counts == 0).mean(1), rtol=1e-12)
+    np.testing.assert_allclose(res["rare_fraction_per_model"].numpy(), (counts < rare_below).mean(1), rtol=1e-12)
+    np.testing.assert_array_equal(res["rare_latents"].numpy(), (counts < rare_below).all(0))
+    np.testing.assert_array_equal(res["alive"].numpy(), ~(counts < rare_below).all(0))
+    assert int(res["n_alive"]) + int(res["n_rare"]) == NL
+    if rare_below == 1:  # "rare" below one fire is "never fires"
+        np.testing.assert_array_equal(res["rare"].numpy(), res["never"].numpy())
+    else:
+        assert float(res["rare_fraction_per_model"].sum()) > float(res["dead_fraction_per_model"].sum())
+    edges = FiringOptions().hist_edges().numpy()
+    for m in range(3):
+        d = counts[m] / S
+        ref, _ = np.histogram(np.clip(np.log10(d[d > 0]), edges[0], 0.0), bins=edges)
+        np.testing.assert_array_equal(res["freq_hist"][m].numpy(), ref)
+        assert res["freq_hist"][m].sum() == (counts[m] > 0).sum()  # never-firing latents are not binned
+
+
+def _fake_world(metrics, calls=None):
+    """A two-"process" sync for torchmetrics: gathering a state of one of ``metrics`` (the same
+    metric on each "rank", found by identity) returns it from every rank, as
+    ``gather_all_tensors`` would; appends the state's name to ``calls``."""
+    calls = [] if calls is None else calls
+
+    def gather(tensor, group=None):
+        for m in metrics:
+            for name in m._defaults:
+                if getattr(m, name) is tensor:
+                    calls.append(name)
+                    return [getattr(other, name) for other in metrics]
+        raise AssertionError("gathered a tensor that is no metric state")
+
+    for m in metrics:
+        m.dist_sync_fn, m.distributed_available_fn = gather, (lambda: True)
+    return calls
+
+
+def test_active_units_dead_fraction_reads_the_synced_state():
+    """Rank 0 sees unit 0 fire, rank 1 unit 1: the pooled dead fraction is 1/3, not rank 0's 2/3."""
+    ranks = [ActiveUnits(3), ActiveUnits(3)]
+    calls = _fake_world(ranks)
+    ranks[0].update(torch.tensor([[1.0, 0.0, 0.0]] * 12))
+    ranks[1].update(torch.tensor([[0.0, 2.0, 0.0]] * 3))
+    assert int(ranks[0].compute()) == 2
+    assert float(ranks[0].dead_fraction()) == pytest.approx(1 / 3)
+    assert float(ranks[0].rare_fraction()) == pytest.approx(2 / 3)  # unit 1 fires on 3 < 10 samples
+    assert len(calls) == len(ranks[0]._defaults)  # one sync: dead_fraction reuses compute's
+    assert float(ranks[0].fire_counts.sum()) == 12  # the local state is restored after the sync
+    ranks[0].update(torch.tensor([[0.0, 0.0, 5.0]]))
+    assert float(ranks[0].dead_fraction()) == 0.0  # a new update invalidates the cached summary
+
+
+def test_universality_metrics_sync_each_state_once():
+    feats, recons, codes = _data(3)
+    ranks = [UniversalityMetrics(DIMS, NL), UniversalityMetrics(DIMS, NL)]
+    calls = []
+    for key in ("r2", "firing"):
+        _fake_world([r[key] for r in ranks], calls)
+    halves = [(0, S // 3), (S // 3, S)]
+    for r, (a, b) in zip(ranks, halves):
+        r.update([_t(f[a:b]) for f in feats], [[_t(x[a:b]) for x in row] for row in recons], [_t(c[a:b]) for c in codes])
+    res = ranks[0].compute()
+    n_states = sum(len(m._defaults) for m in ranks[0].values())
+    assert len(calls) == n_states  # every state gathered once, the fire counts included
+    counts = _numpy_fire_counts(codes, 0.0)
+    np.testing.assert_allclose(res["fire_counts"].numpy(), counts)
+    np.testing.assert_allclose(res["r2"].numpy(), _numpy_r2(feats, recons), rtol=1e-10)
+    np.testing.assert_allclose(res["rare_fraction_per_model"].numpy(), (counts < 10).mean(1))

@@ -282,3 +282,55 @@ def test_json_ready_is_strict_json():
     obj = {"a": np.float32(np.nan), "b": np.arange(3), "c": torch.tensor([1.5, float("inf")]), "d": np.bool_(True)}
     assert json.loads(json.dumps(json_ready(obj), allow_nan=False)) == {"a": None, "b": [0, 1, 2],
                                                                          "c": [1.5, None], "d": True}
+
+
+# ----- both dead definitions, one latent set per row, fit on one split and score on another ----------
+def test_entropy_and_shares_leave_out_rare_latents_and_count_them():
+    rng = np.random.default_rng(5)
+    a, b = _sparse(rng, 300, 12, 0.2), _sparse(rng, 300, 12, 0.2)
+    for m in (a, b):
+        m[:, 10:] = 0.0  # 10, 11: never fire
+    b[:, 0] = 0.0
+    a[:, 0] = 0.0
+    a[:4, 0] = 1.0  # latent 0 fires 4 times in a, never in b: rare, H = 0 but not "model-specific"
+    s = firing_entropy(_codes({"a": a, "b": b}), 0.0, 0.2, 0.8, 10, min_activations=10)
+    assert s.entropy[0] == 0.0 and s.rare[0] and not s.specific[0]
+    num = s.numbers()
+    assert (num["n_dead"], num["n_rare"], num["n_alive"]) == (2, 3, 9)
+    assert s.hist_counts.sum() == 9
+    assert num["share_specific"] == pytest.approx(s.specific.sum() / 9)
+    loose = firing_entropy(_codes({"a": a, "b": b}), 0.0, 0.2, 0.8, 10, min_activations=1)
+    assert loose.specific[0] and loose.numbers()["n_alive"] == 10
+
+
+def test_every_number_of_a_row_is_over_the_same_latents():
+    rng = np.random.default_rng(6)
+    n, lat = 800, 20
+    a = _sparse(rng, n, lat, 0.2)
+    b = a * (1 + 0.2 * rng.random(a.shape))
+    b[:, :5] = 0.0
+    b[:3, :5] = 1.0  # latents 0-4 rare in b: out of the "alive in both" set
+    pc = pair_correlation(_codes({"a": a, "b": b}), "a", "b", 0.0, 10, 0)
+    num = pc.numbers(5)
+    assert num["n_latents_set"] == 15 == pc.both.size
+    for key in ("same_index", "hungarian_matched", "null_random_pairs", "null_shuffled_images"):
+        assert num[key]["count"] == 15, key
+    assert set(pc.matched_rows) == set(pc.matched_cols) == set(range(5, 20))
+    assert num["alive_each"]["n_pairs"] == 15  # 20 alive in a, 15 in b
+    # the index is aligned, so the matching keeps it and matched r equals same-index r
+    assert pc.identity_rate == 1.0
+    assert num["hungarian_matched"]["mean"] == pytest.approx(num["same_index"]["mean"])
+
+
+def test_matching_fitted_on_one_split_is_scored_on_the_other():
+    """Pure noise: matching in-sample finds r > 0 (its selection bias); fitted on another split and
+    scored held-out it finds ~0, like the null."""
+    rng = np.random.default_rng(7)
+    fit = _codes({"a": _sparse(rng, 300, 40, 0.3), "b": _sparse(rng, 300, 40, 0.3)})
+    score = _codes({"a": _sparse(rng, 300, 40, 0.3), "b": _sparse(rng, 300, 40, 0.3)})
+    in_sample = pair_correlation(score, "a", "b", 0.0, 10, 0)
+    held_out = pair_correlation(score, "a", "b", 0.0, 10, 0, fit=fit, fit_split="val", score_split="test")
+    assert in_sample.matched_r.mean() > 0.08
+    assert abs(held_out.matched_r.mean()) < 0.04 and abs(held_out.null_shuffled_images.mean()) < 0.04
+    assert (held_out.fit_split, held_out.score_split) == ("val", "test")
+    assert held_out.numbers(3)["fit_split"] == "val"

@@ -155,7 +155,16 @@ def test_report_end_to_end(runs, tmp_path, monkeypatch):
         r2 = report["systems"][kind]["r2"]["matrix"]
         assert len(r2) == 2 and all(-10 < v < 1 for row in r2 for v in row)
         ent = report["systems"][kind]["entropy"]
-        assert sum(ent["hist_counts"]) == ent["n_alive"] == N_LATENTS - ent["n_dead"]
+        assert sum(ent["hist_counts"]) == ent["n_alive"] == N_LATENTS - ent["n_rare"]
+        assert ent["n_rare"] >= ent["n_dead"] and ent["min_activations"] == 3
+        firing = report["systems"][kind]["feature_stats"]["firing"]
+        assert set(firing) == set(BACKBONES) and all(f["n_rare"] >= f["n_never"] for f in firing.values())
+        for c in report["systems"][kind]["correlation"]:  # one latent set per row
+            assert c["fit_split"] == "val" and c["score_split"] == "test"
+            n = c["n_latents_set"]
+            assert c["same_index"]["count"] == c["hungarian_matched"]["count"] == c["null_random_pairs"]["count"] == n
+        head = report["headline"][kind]
+        assert {f"rare_fraction/{m}" for m in BACKBONES} <= set(head) and "corr_n_latents" in head
     assert report["visualised"]["groups"]["requested"] == [0, 63]
     with np.load(out / "act_max_images.npz") as saved:
         latents = report["visualised"]["latents"]
@@ -164,7 +173,8 @@ def test_report_end_to_end(runs, tmp_path, monkeypatch):
     assert report["headline"]["usae"]["act_max_share_raised"] > 0.5
     assert all(ord(c) < 128 or c.isprintable() for c in (out / "index.html").read_text())
     figures = set(report["figures"])
-    assert {"entropy", "r2", "correlation", "stats", "top_images", "act_max", "side_by_side_requested"} <= figures
+    assert {"entropy", "r2", "correlation", "stats", "frequency", "top_images", "act_max",
+            "side_by_side_requested"} <= figures
     html = (out / "index.html").read_text()
     srcs = re.findall(r'<img src="([^"]+)"', html)
     assert len(srcs) == len(figures) and all((out / s).is_file() and not Path(s).is_absolute() for s in srcs)
@@ -252,3 +262,30 @@ def _empty_split_config(runs: dict, tmp_path: Path) -> Path:
     path = tmp_path / "empty.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def test_results_generator_reproduces_the_tables_of_real_runs(runs, tmp_path, monkeypatch):
+    """eval_sae_splits scores the fixture runs, analyze writes their report; make_results turns both
+    into docs/results.md with exactly those numbers."""
+    import analyze
+    from scripts import eval_sae_splits, make_results
+
+    monkeypatch.chdir(tmp_path)
+    tree = tmp_path / "runs"
+    for kind, experiment in (("usae", "fashion_mnist_usae"), ("independent", "fashion_mnist_independent")):
+        target = tree / experiment / "main"
+        shutil.copytree(runs[kind], target)
+        assert eval_sae_splits.main([str(target), "--rare-below", "3"]) == 0
+    scores = json.loads((tree / "fashion_mnist_usae" / "main" / "splits.json").read_text())
+    assert set(scores) >= {"val", "test"} and scores["test"]["n_images"] == 96 and scores["val"]["n_images"] == 32
+    out = tree / "fashion_mnist_usae" / "main" / "universality_report"
+    analyze.main(analysis_args(runs, out, "--analysis.init_args.n_features", "0"))
+    assert make_results.main(["--runs", str(tree), "--docs", str(tmp_path / "docs")]) == 0
+    text = (tmp_path / "docs" / "results.md").read_text()
+    usae_row = next(line for line in text.splitlines() if line.startswith("| **chosen** | `main`"))  # USAE first
+    assert f"{scores['val']['r2_self_mean']:.3f}" in usae_row and f"{scores['test']['r2_self_mean']:.3f}" in usae_row
+    report = json.loads((out / "report.json").read_text())
+    r2 = next(line for line in text.splitlines() if line.startswith("| self R²"))
+    assert f"{report['headline']['usae']['r2_self_mean']:.3f}" in r2 and "one seed: no spread" in r2
+    assert (tmp_path / "docs" / "figures" / "universality_frequency.png").is_file()
+    assert "](figures/universality_frequency.png)" in text

@@ -11,18 +11,28 @@ LABELS = {"usae": "USAE", "independent": "independent SAEs"}
 
 def headline_rows(report: dict) -> tuple[list[str], list[list[Any]]]:
     h = report["headline"]
-    rows = [
-        ("self R² (mean of diagonal)", "r2_self_mean"), ("cross R² (mean off-diagonal)", "r2_cross_mean"),
+    lo = report["config"]["min_activations"]
+    models = report["setup"]["models"]
+    split, fit = report["setup"]["split"], report["setup"].get("match_split", report["setup"]["split"])
+    rows = [("self R² (mean of diagonal)", "r2_self_mean"), ("cross R² (mean off-diagonal)", "r2_cross_mean")]
+    rows += [(f"latents firing on < {lo} {split} images, {m}", f"rare_fraction/{m}") for m in models]
+    rows += [(f"latents never firing, {m}", f"never_fraction/{m}") for m in models]
+    rows += [
         ("dead latents (never fire in any model)", "n_dead"),
+        (f"alive latents (≥ {lo} fires in some model)", "n_alive"),
         ("share universal (H ≥ hi, of alive)", "share_universal"),
         ("share model-specific (H ≤ lo, of alive)", "share_specific"),
         ("universal / specific ratio", "universal_to_specific_ratio"),
+        (f"latents alive in both models (the set of the next 4 rows)", "corr_n_latents"),
         ("mean r, same latent index", "corr_same_index_mean"),
-        ("mean r, Hungarian-matched latents", "corr_hungarian_mean"),
+        (f"mean r, Hungarian-matched (fit on {fit}, scored on {split})", "corr_hungarian_mean"),
         ("null: Hungarian on shuffled images", "corr_null_shuffled_images_mean"),
         ("null: random latent pairs", "corr_null_random_pairs_mean"),
         ("Hungarian matches that keep the index", "hungarian_identity_rate"),
-        ("co-firing IoU (mean over firing latents)", "cofiring_iou_mean"),
+        ("pairs, latents alive in each model (the set of the next 2 rows)", "corr_each_n_pairs"),
+        ("mean r, Hungarian-matched over alive in each", "corr_each_hungarian_mean"),
+        ("null: shuffled images, alive in each", "corr_each_null_shuffled_images_mean"),
+        ("co-firing IoU (mean over alive latents)", "cofiring_iou_mean"),
     ]
     return ["", "USAE", "independent SAEs"], [[label, h["usae"].get(key), h["independent"].get(key)]
                                                 for label, key in rows]
@@ -56,16 +66,31 @@ def build_html(report: dict, figures: dict[str, str]) -> str:
 
     page.heading("1. Firing entropy")
     e_u, e_i = report["systems"]["usae"]["entropy"], report["systems"]["independent"]["entropy"]
-    page.paragraph(f"p_m = fires_m / Σ fires, H = −Σ p_m log p_m / log M. Dead latents are left out of the "
-                   f"histograms and counted: USAE {e_u['n_dead']}, independent {e_i['n_dead']}. Universal: "
+    page.paragraph(f"p_m = fires_m / Σ fires, H = −Σ p_m log p_m / log M, over the latents alive by the second dead "
+                   f"definition (≥ {cfg['min_activations']} fires in some model): USAE {e_u['n_alive']}, independent "
+                   f"{e_i['n_alive']}. Rare latents are left out and counted: USAE {e_u.get('n_rare')} "
+                   f"({e_u['n_dead']} never fire), independent {e_i.get('n_rare')} ({e_i['n_dead']} never fire). Universal: "
                    f"H ≥ {e_u['hi']:g}; model-specific: H ≤ {e_u['lo']:g}. For independent SAEs the latent "
                    "index is arbitrary across models, so their histogram shows what an unaligned index gives.")
-    page.figure(figures["entropy"], "Firing-entropy histograms, USAE vs independent SAEs (dead excluded).")
-    page.table(["", "alive", "dead", "universal", "specific", "share universal", "share specific",
+    page.figure(figures["entropy"], "Firing-entropy histograms, USAE vs independent SAEs (alive latents).")
+    page.table(["", "alive", "never fire", "universal", "specific", "share universal", "share specific",
                 "universal/specific", "mean H"],
                [[LABELS[k], e["n_alive"], e["n_dead"], e["n_universal"], e["n_specific"], e["share_universal"],
                  e["share_specific"], e["universal_to_specific_ratio"], e["entropy_mean"]]
                 for k, e in (("usae", e_u), ("independent", e_i))])
+
+    if "frequency" in figures:
+        page.heading("Firing frequency and dead latents")
+        page.paragraph(f"Two dead definitions: never fires on the {setup['split']} split, and rare: fires on fewer "
+                       f"than {cfg['min_activations']} of its {setup['n_images']} images (left of the dashed line).")
+        page.figure(figures["frequency"], "Latents per log10 firing-frequency bin, per model.")
+        rows = []
+        for kind in ("usae", "independent"):
+            for m, f in report["systems"][kind]["feature_stats"].get("firing", {}).items():
+                rows.append([LABELS[kind], m, f["n_never"], f["never_fraction"], f["n_rare"], f["rare_fraction"],
+                             f["n_alive"], f["median_log10_frequency"]])
+        page.table(["system", "model", "never fire", "share", f"rare (< {cfg['min_activations']})", "share",
+                    "alive", "median log10 frequency"], rows)
 
     page.heading("2. Reconstruction: self and cross R²")
     page.paragraph("R² = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the per-dimension mean over the split. Entry (i, j): "
@@ -75,11 +100,13 @@ def build_html(report: dict, figures: dict[str, str]) -> str:
         page.table(*r2_rows(report, kind), caption=LABELS[kind])
 
     page.heading("3. Feature correlation across models")
-    page.paragraph(f"Pearson r over the split's images between two models' codes for the same latent; latents "
-                   f"firing on fewer than {cfg['min_activations']} images in either model are left out. "
-                   "Independent SAEs: latents paired by the Hungarian method (scipy linear_sum_assignment); "
-                   "nulls: random latent pairs, and the Hungarian matching after shuffling one model's image "
-                   "order (the matching's own selection bias).")
+    page.paragraph(f"Pearson r over the {setup['split']} images between two models' codes. Every number in one table "
+                   f"is over the same latents: those firing on ≥ {cfg['min_activations']} images in both models "
+                   "(count in the caption). Same index: r(A_f, B_f). Hungarian: latents paired one-to-one by "
+                   f"maximum total correlation (scipy linear_sum_assignment) on the "
+                   f"{setup.get('match_split', setup['split'])} split, scored on the {setup['split']} split. Nulls: "
+                   "random latent pairs, and the same fit-then-score matching after shuffling one model's image "
+                   "order. A second block pairs all alive latents of each model (any index).")
     page.figure(figures["correlation"], "Distributions of per-latent correlation.")
     for kind in ("usae", "independent"):
         for c in report["systems"][kind]["correlation"]:
@@ -88,9 +115,12 @@ def build_html(report: dict, figures: dict[str, str]) -> str:
                        [[label, d["count"], d["mean"], d["median"], d["q10"], d["q90"], d["share_above_0.5"]]
                         for label, d in (("same index", c["same_index"]), ("Hungarian-matched", c["hungarian_matched"]),
                                          ("null: shuffled images", c["null_shuffled_images"]),
-                                         ("null: random pairs", c["null_random_pairs"]))],
-                       caption=f"{LABELS[kind]}: {a} vs {b} (Hungarian keeps the index for "
-                               f"{_pct(c['hungarian_identity_rate'])} of pairs)")
+                                         ("null: random pairs", c["null_random_pairs"]),
+                                         ("alive in each: Hungarian-matched", c.get("alive_each", {}).get("hungarian_matched")),
+                                         ("alive in each: null, shuffled images",
+                                          c.get("alive_each", {}).get("null_shuffled_images"))) if d],
+                       caption=f"{LABELS[kind]}: {a} vs {b}, {c.get('n_latents_set')} latents alive in both "
+                               f"(Hungarian keeps the index for {_pct(c['hungarian_identity_rate'])} of pairs)")
     for c in report["systems"]["usae"]["correlation"]:
         a, b = c["models"]
         page.table(["latent", "r", f"fires in {a}", f"fires in {b}", "H"],

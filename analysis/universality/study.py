@@ -33,7 +33,7 @@ from analysis.universality.r2 import r2_figure, r2_matrix, r2_numbers
 from analysis.universality.report import write_json
 from analysis.universality.selection import check_latents, select_latents
 from analysis.universality.side_by_side import act_max_grid_figure, side_by_side_figure
-from analysis.universality.stats import feature_statistics, stats_figure
+from analysis.universality.stats import feature_statistics, frequency_figure, stats_figure
 from analysis.universality.summary import SYSTEMS, headline_numbers
 from analysis.universality.top_images import TopImages, top_activating, top_images_figure
 from analysis.universality.wandb_export import log_report
@@ -55,14 +55,18 @@ class UniversalityStudy(Analysis):
             repeat. Give this or ``data``, not both.
         data: the activation datamodule itself (nested ``class_path``/``init_args``), e.g. to analyse
             another split source. Give this or ``train_config``.
-        split: the held-out split analysed ("test" in the study).
+        split: the held-out split analysed and scored ("test" in the study).
+        match_split: the split the Hungarian matchings are fitted on ("val"; null: ``split`` itself,
+            in-sample). Scoring stays on ``split``.
         batch_size: rows per batch when encoding the split.
         fire_threshold: a latent fires when its TopK code is > this.
         entropy_lo: alive latents with firing entropy H ≤ this are model-specific.
         entropy_hi: alive latents with H ≥ this are universal.
         entropy_bins: bins of the entropy histograms over [0, 1].
-        min_activations: latents firing on fewer images (in either model of a pair) are left out of
-            correlations; candidates for visualisation fire at least this often in total.
+        min_activations: a latent is alive in a model when it fires on at least this many images of
+            the split ("rare" otherwise, the second dead definition). Entropy and shares use latents
+            alive in some model, correlations latents alive in both models of a pair; candidates for
+            visualisation fire at least this often in total.
         top_correlated: how many of the most correlated latents the report lists.
         n_features: universal and model-specific latents visualised (each), chosen from the USAE.
         feature_indices: further USAE latents to visualise (their own section); must be < n_latents.
@@ -83,6 +87,7 @@ class UniversalityStudy(Analysis):
         train_config: str | None = None,
         data: LightningDataModule | None = None,
         split: Literal["train", "val", "test"] = "test",
+        match_split: Literal["train", "val", "test"] | None = "val",
         batch_size: int = 1024,
         fire_threshold: float = 0.0,
         entropy_lo: float = 0.2,
@@ -119,7 +124,10 @@ class UniversalityStudy(Analysis):
             raise UserError(f"device={device!r} but CUDA is not available; use device: cpu or auto")
         self.usae_checkpoint, self.independent_checkpoint = str(usae_checkpoint), str(independent_checkpoint)
         self.output_dir, self.train_config, self.data = Path(output_dir), train_config, data
+        if match_split == split:
+            match_split = None
         self.split, self.batch_size, self.fire_threshold = split, int(batch_size), float(fire_threshold)
+        self.match_split = match_split
         self.entropy_lo, self.entropy_hi, self.entropy_bins = float(entropy_lo), float(entropy_hi), int(entropy_bins)
         self.min_activations, self.top_correlated = int(min_activations), int(top_correlated)
         self.n_features, self.feature_indices = int(n_features), [int(f) for f in feature_indices or []]
@@ -154,11 +162,12 @@ class UniversalityStudy(Analysis):
             n_latents = next(iter(saes_of(systems["usae"]).values())).get_dictionary().shape[0]
             requested = check_latents(self.feature_indices, n_latents, "feature_indices")
             data = inputs.load_split(dm, self.split)
+            fit_data = inputs.load_split(dm, self.match_split) if self.match_split else None
             names = list(saes_of(systems["usae"]))
         with report_dir(self.output_dir, self.input_paths()) as out:
             figures_dir = out / "figures"
             figures_dir.mkdir()
-            report, figures, act = self._analyse(systems, dm, data, names, requested, figures_dir)
+            report, figures, act = self._analyse(systems, dm, data, names, requested, figures_dir, fit_data)
             # the activation-maximisation images themselves (float in [0, 1]), for re-plotting
             np.savez_compressed(out / "act_max_images.npz", latents=np.array(report["visualised"]["latents"]),
                                 **{m: act[m].images.numpy() for m in names})
@@ -175,7 +184,7 @@ class UniversalityStudy(Analysis):
                        report["headline_flat"], report["config"])
         return self.output_dir
 
-    def _analyse(self, systems, dm, data, names, requested, figs: Path):
+    def _analyse(self, systems, dm, data, names, requested, figs: Path, fit_data=None):
         codes, r2, entropy, pairs, stats = {}, {}, {}, {}, {}
         for kind, system in systems.items():
             system.to(self.device)
@@ -184,14 +193,17 @@ class UniversalityStudy(Analysis):
                 save_sparse_codes(figs.parent / f"codes_{kind}.npz", codes[kind],  # reused by the explorer
                                   getattr(self, f"{kind}_checkpoint"), self.split)
                 r2[kind] = r2_matrix(system, codes[kind], data.features, self.batch_size, self.device)
+                fit_codes = None if fit_data is None else \
+                    extract_codes(system, fit_data.features, self.batch_size, self.device)
             system.cpu()
             with self._timed(f"entropy+stats/{kind}"):
                 entropy[kind] = firing_entropy(codes[kind], self.fire_threshold, self.entropy_lo,
-                                               self.entropy_hi, self.entropy_bins)
+                                               self.entropy_hi, self.entropy_bins, self.min_activations)
                 norms = {n: sae.get_dictionary().detach().norm(dim=1) for n, sae in saes_of(system).items()}
-                stats[kind] = feature_statistics(codes[kind], self.fire_threshold, norms)
+                stats[kind] = feature_statistics(codes[kind], self.fire_threshold, norms, self.min_activations)
             with self._timed(f"correlation/{kind}"):
-                pairs[kind] = all_pairs(codes[kind], self.fire_threshold, self.min_activations, self.seed)
+                pairs[kind] = all_pairs(codes[kind], self.fire_threshold, self.min_activations, self.seed,
+                                        fit_codes, self.match_split or self.split, self.split)
         fire_counts = codes["usae"].fire_counts(self.fire_threshold).numpy()
         groups = select_latents(entropy["usae"], fire_counts, self.n_features, self.min_activations)
         if requested:
@@ -231,7 +243,8 @@ class UniversalityStudy(Analysis):
                "r2": r2_figure({LABELS[k]: r2[k] for k in SYSTEMS}, names, figs / "r2.png"),
                "correlation": correlation_figure(pairs["usae"], pairs["independent"], figs / "correlation.png"),
                "stats": stats_figure(stats["usae"], entropy["usae"], stats["independent"], entropy["independent"],
-                                     figs / "feature_stats.png")}
+                                     figs / "feature_stats.png"),
+               "frequency": frequency_figure({LABELS[k]: stats[k] for k in SYSTEMS}, figs / "frequency.png")}
         if not latents:
             return out
         out["top_images"] = top_images_figure(data.images, data.labels, data.class_names, tops, latents,
@@ -277,7 +290,8 @@ class UniversalityStudy(Analysis):
             "config": config,
             "setup": {"models": names, "feature_dims": {n: int(data.features[n].shape[1]) for n in names},
                       "n_latents": int(usae_sae.get_dictionary().shape[0]), "k": int(getattr(usae_sae, "k", 0)),
-                      "split": self.split, "n_images": int(data.images.shape[0])},
+                      "split": self.split, "match_split": self.match_split or self.split,
+                      "n_images": int(data.images.shape[0])},
             "headline": headline,
             "headline_flat": {f"{kind}/{k}": v for kind, d in headline.items() for k, v in d.items()},
             "systems": systems_out,
