@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.universality.activation_max import ActMaxSettings, maximize_latents  # noqa: E402
+from analysis.universality.feature_vis import magnitude_template  # noqa: E402
 from analysis.universality.feature_model import FeatureHead, L2Normalize, LatentObjective, frozen  # noqa: E402
 from components.backbones import FeatureExtractor, build_backbone, default_layer  # noqa: E402
 from common.hardware import detect  # noqa: E402
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels", type=int, default=1, help="image channels optimised (1: grey, as Fashion-MNIST)")
     p.add_argument("--features", type=int, default=8, help="latents optimised")
     p.add_argument("--steps", type=int, default=500, help="gradient steps per feature")
-    p.add_argument("--parameterization", choices=["pixel", "fourier"], default="fourier")
+    p.add_argument("--method", choices=["fourier", "pixel", "maco"], default="fourier",
+                   help="accentuation needs seed images: see benchmarks/bench_feature_vis.py")
     p.add_argument("--n-latents", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=2, help="rounds; min and median reported")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -65,10 +67,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     print(detect().line(), flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.features} features, "
-          f"{args.steps} steps, {args.image_size}px, {args.channels} channel(s), {args.parameterization}")
+          f"{args.steps} steps, {args.image_size}px, {args.channels} channel(s), {args.method}")
     print(f"{'arch':<22}{'contestant':<18}{'min s':>9}{'median s':>10}{'features/s':>12}{'speed-up':>10}")
     latents = list(range(args.features))
     shape = (args.channels, args.image_size, args.image_size)
+    # maco's amplitude template: from random images here (speed does not depend on it)
+    magnitude = magnitude_template(torch.rand(64, *shape, generator=torch.Generator().manual_seed(0)), shape)
     for arch in archs:
         objective, modules = build_objective(arch, args.image_size, args.n_latents, args.channels)
         contestants = {"batched": args.features, "one-at-a-time": 1}
@@ -76,13 +80,14 @@ def main(argv: list[str] | None = None) -> None:
         images = {}
         with frozen(*modules):
             for batch in contestants.values():  # warm-up: first calls pay for allocation and kernel choice
-                maximize_latents(objective, latents[:batch], shape, ActMaxSettings(steps=1, batch_size=batch))
+                maximize_latents(objective, latents[:batch], shape,
+                                 ActMaxSettings(method=args.method, steps=1, batch_size=batch), magnitude=magnitude)
             for _ in range(args.repeats):
                 for name, batch in contestants.items():
-                    settings = ActMaxSettings(steps=args.steps, parameterization=args.parameterization,
+                    settings = ActMaxSettings(steps=args.steps, method=args.method,
                                               batch_size=batch, seed=0)
                     start = time.perf_counter()
-                    res = maximize_latents(objective, latents, shape, settings)
+                    res = maximize_latents(objective, latents, shape, settings, magnitude=magnitude)
                     times[name].append(time.perf_counter() - start)
                     images[name] = res
         base = min(times["one-at-a-time"])

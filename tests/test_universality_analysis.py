@@ -232,7 +232,7 @@ def test_activation_max_raises_the_target_and_batching_changes_nothing(kind, lr)
     head, sae, objective = _tiny_objective()
     latents = [0, 5, 5, 9, 30]
     keys = [(0, f) for f in latents]
-    plain = ActMaxSettings(steps=25, lr=lr, parameterization=kind, jitter=0, scale_jitter=0.0, batch_size=8, seed=3)
+    plain = ActMaxSettings(steps=25, lr=lr, method=kind, jitter=0, scale_jitter=0.0, batch_size=8, seed=3)
     jittered = ActMaxSettings(**{**plain.__dict__, "jitter": 1, "scale_jitter": 0.05})
     with frozen(head, sae):
         raised = maximize_latents(objective, latents, (1, 12, 12), plain, keys=keys)
@@ -258,7 +258,7 @@ def test_activation_max_on_a_torchvision_backbone_with_random_weights():
     with frozen(head, sae):
         res = maximize_latents(objective, [1, 2], (3, 32, 32),
                                ActMaxSettings(steps=6, lr=0.5, jitter=0, scale_jitter=0.0, batch_size=2,
-                                              parameterization="fourier"))
+                                              method="fourier"))
     assert (res.final > res.start).all()
 
 

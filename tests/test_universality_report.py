@@ -184,6 +184,23 @@ def test_report_end_to_end(runs, tmp_path, monkeypatch):
         assert loaded == total == len(figures)
 
 
+@pytest.mark.parametrize("method", ["accentuation", "maco"])
+def test_report_with_another_visualisation_method(runs, tmp_path, monkeypatch, method):
+    """The chosen method reaches the report: its name in the figure title and the page, the seeds of
+    accentuation (the latents' top images) in the side-by-side figure, and raised activations."""
+    import analyze
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "report"
+    analyze.main(analysis_args(runs, out, "--analysis.init_args.feature_indices", "[1, 2]",
+                               "--analysis.init_args.act_max.method", method))
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["act_max"]["method"] == method
+    assert f"method {method}" in (out / "index.html").read_text()
+    assert report["headline"]["usae"]["act_max_share_raised"] > 0.5
+    assert "side_by_side_requested" in report["figures"]
+
+
 def test_rerun_replaces_the_report_atomically_and_a_failure_keeps_the_old_one(runs, tmp_path, monkeypatch):
     import analyze
     import analysis.universality.study as study

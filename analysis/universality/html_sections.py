@@ -148,8 +148,8 @@ def build_html(report: dict, figures: dict[str, str]) -> str:
     page.heading("5. What a feature looks for")
     act = cfg["act_max"]
     page.paragraph(f"Top-activating {report['setup']['split']} images per latent and model (red frame: the latent "
-                   f"does not fire there). Activation maximisation: {act['steps']} steps of Adam (lr {act['lr']}) "
-                   f"on the image, {act['parameterization']} parameterisation, random jitter ±{act['jitter']} px"
+                   f"does not fire there). Feature visualisation: method {act['method']} (docs/feature_visualisation.md), "
+                   f"{act['steps']} steps (lr {act['lr'] or 'default'}) on the image, random jitter ±{act['jitter']} px"
                    + (f" and ±{act['scale_jitter']:.0%} scale" if act["scale_jitter"] else "")
                    + " (Olah et al. 2017), raising the latent's pre-TopK activation "
                    "through backbone → feature layer → cache normalisation → SAE encoder, at the backbone's input "

@@ -28,6 +28,7 @@ from analysis.universality.codes_file import save_sparse_codes
 from analysis.universality.correlation import all_pairs, correlation_figure
 from analysis.universality.entropy import entropy_figure, firing_entropy
 from analysis.universality.feature_model import LatentObjective, frozen
+from analysis.universality.feature_vis import method_inputs
 from analysis.universality.html_sections import build_html, wandb_tables
 from analysis.universality.r2 import r2_figure, r2_matrix, r2_numbers
 from analysis.universality.report import write_json
@@ -71,7 +72,8 @@ class UniversalityStudy(Analysis):
         n_features: universal and model-specific latents visualised (each), chosen from the USAE.
         feature_indices: further USAE latents to visualise (their own section); must be < n_latents.
         n_top_images: top-activating images shown per latent and model.
-        act_max: activation-maximisation settings (steps, lr, parameterization, jitter, ...).
+        act_max: feature-visualisation settings (method fourier/pixel/maco/accentuation, steps, lr,
+            seed_image, distance_budget, ...; ``activation_max.ActMaxSettings``).
         device: "cpu", "cuda", or "auto" (CUDA when available).
         threads: CPU threads for torch (``torch.set_num_threads``); None keeps torch's choice. On a
             machine shared with other jobs, 1 can be many times faster (threads wait on each other).
@@ -114,8 +116,6 @@ class UniversalityStudy(Analysis):
                 raise UserError(f"{name}={value} must be at least 1")
         if n_features < 0 or top_correlated < 0:
             raise UserError("n_features and top_correlated must be >= 0")
-        if act_max.parameterization not in ("pixel", "fourier"):
-            raise UserError(f"act_max.parameterization={act_max.parameterization!r}; use 'pixel' or 'fourier'")
         if threads is not None and threads < 1:
             raise UserError(f"threads={threads} must be at least 1 (or null for torch's default)")
         if device == "auto":
@@ -211,7 +211,7 @@ class UniversalityStudy(Analysis):
         latents = list(dict.fromkeys(f for g in groups.values() for f in g))
         tops = {m: top_activating(codes["usae"], m, latents, self.n_top_images) for m in names}
         with self._timed("activation_max"):
-            act = self._activation_max(systems["usae"], dm, data, names, latents)
+            act = self._activation_max(systems["usae"], dm, data, names, latents, codes["usae"])
         with self._timed("figures"):
             figures = self._figures(names, data, codes, r2, entropy, pairs, stats, groups, latents, tops, act,
                                     fire_counts, figs)
@@ -219,11 +219,12 @@ class UniversalityStudy(Analysis):
                                fire_counts)
         return report, figures, act
 
-    def _activation_max(self, usae, dm, data, names, latents):
+    def _activation_max(self, usae, dm, data, names, latents, codes):
         """Per backbone, one batched optimisation of every chosen latent (keys (model, latent))."""
         shape = inputs.input_shape(dm, data.images)
         preprocess = inputs.preprocess_fn(dm)
         saes = saes_of(usae)
+        extra = method_inputs(self.act_max, codes, data.images, data.labels, latents, shape, self.n_top_images)
         result = {}
         for m, name in enumerate(names):
             if not latents:
@@ -234,7 +235,7 @@ class UniversalityStudy(Analysis):
             objective = LatentObjective(preprocess, head, sae)
             with frozen(head, sae):
                 result[name] = maximize_latents(objective, latents, shape, self.act_max,
-                                                keys=[(m, f) for f in latents], device=self.device)
+                                                keys=[(m, f) for f in latents], device=self.device, **extra)
             sae.cpu()
         return result
 
@@ -252,7 +253,7 @@ class UniversalityStudy(Analysis):
         out["act_max"] = act_max_grid_figure(
             latents, names, {m: act[m].images for m in names}, {m: act[m].start for m in names},
             {m: act[m].final for m in names}, figs / "act_max.png",
-            f"Activation maximisation ({self.act_max.parameterization}, {self.act_max.steps} steps): "
+            f"Feature visualisation ({self.act_max.method}, {self.act_max.steps} steps): "
             "latent: pre-activation before → after")
         position = {f: i for i, f in enumerate(latents)}
         titles = {"universal": "Universal latents (highest firing entropy): each backbone's view",
@@ -266,7 +267,8 @@ class UniversalityStudy(Analysis):
             out[f"side_by_side_{group}"] = side_by_side_figure(
                 chosen, names, {m: act[m].images[rows] for m in names}, {m: act[m].final[rows] for m in names},
                 sub_tops, data.images, entropy["usae"].entropy, fire_counts, titles[group],
-                figs / f"side_by_side_{group}.png", min(3, self.n_top_images))
+                figs / f"side_by_side_{group}.png", min(3, self.n_top_images), method=self.act_max.method,
+                seeds=act[names[0]].seeds[rows] if act[names[0]].seeds is not None else None)
         return out
 
     def _numbers(self, systems, data, names, r2, entropy, pairs, stats, groups, latents, tops, act, fire_counts):
