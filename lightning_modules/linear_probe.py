@@ -52,8 +52,8 @@ class LBFGSOptions:
         tolerance_change: stop when the loss or step changes less than this.
     """
 
-    l2_grid: tuple[float, ...] = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
-    max_iter: int = 200
+    l2_grid: tuple[float, ...] = (1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+    max_iter: int = 100
     history_size: int = 20
     tolerance_grad: float = 1e-6
     tolerance_change: float = 1e-9
@@ -194,8 +194,8 @@ class LinearProbe(L.LightningModule):
         with torch.no_grad():
             loss = F.cross_entropy(self.classifier(features), labels)
         self.train_loss.update(loss, weight=labels.shape[0])
-        self.log("train/l2", l2)
-        self.log("train/lbfgs_evals", float(len(evals)))
+        self.log("train/l2", l2, on_step=False, on_epoch=True)
+        self.log("train/lbfgs_evals", float(len(evals)), on_step=False, on_epoch=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
