@@ -1,8 +1,9 @@
 """``LinearProbe``: a linear classifier on frozen k-sparse codes (or on raw pixels, the baseline).
 
-A multinomial logistic regression on fixed features: by default solved full-batch with L-BFGS for
-each L2 weight of a small grid, the weight chosen on the validation split (the linear-evaluation
-protocol of Kornblith et al. 2019 and CLIP, Radford et al. 2021); Adam on mini-batches is the option.
+A multinomial logistic regression on fixed features, solved by mini-batch Adam with the epoch chosen
+on the validation split, or full-batch by L-BFGS for each L2 weight of a small grid with the weight
+chosen on validation (the linear-evaluation protocol of Kornblith et al. 2019 and CLIP, Radford et
+al. 2021).
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ class LinearProbe(L.LightningModule):
     The data must be a ``FeatureData``: the probe hands it ``featurize`` in ``setup`` and the codes
     of each split are extracted once, not re-encoded every epoch.
 
-    ``solver: lbfgs`` (default): epoch e fits the whole training split with L-BFGS (strong-Wolfe
+    ``solver: lbfgs``: epoch e fits the whole training split with L-BFGS (strong-Wolfe
     line search) at L2 weight ``lbfgs.l2_grid[e]`` and validates; the fit stops after the grid, and a
     ``ModelCheckpoint`` on ``val/acc`` keeps the weight chosen on validation, which ``train.py`` then
-    tests once. ``solver: adam``: mini-batch Adam (``lr``, ``weight_decay``), one epoch per pass.
+    tests once. ``solver: adam`` (default): mini-batch Adam (``lr``, ``weight_decay``), one epoch
+    per pass over the training features.
     Logs ``train/loss`` (cross-entropy, no penalty), ``train/l2``, ``train/lbfgs_evals``,
     ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc`` (accuracy in [0, 1]) and ``test/l2`` (the
     L2 weight of the tested classifier).
@@ -82,7 +84,7 @@ class LinearProbe(L.LightningModule):
             ``αk`` largest units, ``α ≥ 1``; the weights stay the same.
         input_dim: pixels per image the encoder expects (checked against the loaded encoder).
         num_classes: classes of the dataset.
-        solver: ``lbfgs`` (full batch, L2 weight chosen on validation) or ``adam`` (mini-batches).
+        solver: ``adam`` (mini-batches) or ``lbfgs`` (full batch, L2 weight chosen on validation).
         lbfgs: the L-BFGS options (grid of L2 weights, iterations, tolerances).
         lr: Adam learning rate.
         weight_decay: Adam L2 penalty on the classifier.
@@ -94,7 +96,7 @@ class LinearProbe(L.LightningModule):
         encode_k: int | None = None,
         input_dim: int = 784,
         num_classes: int = 10,
-        solver: Literal["lbfgs", "adam"] = "lbfgs",
+        solver: Literal["lbfgs", "adam"] = "adam",
         lbfgs: LBFGSOptions = LBFGSOptions(),
         lr: float = 1e-3,
         weight_decay: float = 0.0,

@@ -122,7 +122,7 @@ def test_lbfgs_separates_a_tiny_set_well_above_chance(tmp_path):
         return centres[labels] + torch.randn(4 * n, 6, generator=generator), labels
 
     data = PresetFeatures({"train": blobs(30), "val": blobs(20), "test": blobs(20)})
-    probe = LinearProbe(encoder_path=None, input_dim=6, num_classes=4, lbfgs=LBFGSOptions(l2_grid=(1e-2, 1e-3)))
+    probe = LinearProbe(encoder_path=None, input_dim=6, num_classes=4, solver="lbfgs", lbfgs=LBFGSOptions(l2_grid=(1e-2, 1e-3)))
     trainer = fit(probe, data, tmp_path, epochs=10)
     assert trainer.current_epoch == 2  # one epoch per L2 weight, then it stops
     assert trainer.test(probe, datamodule=data, verbose=False)[0]["test/acc"] > 0.9  # chance: 0.25
@@ -144,7 +144,7 @@ def test_the_l2_weight_is_chosen_on_validation_not_on_test(tmp_path):
     data = PresetFeatures({"train": pattern(200), "val": (val_x, torch.ones(50, dtype=torch.long)),
                            "test": pattern(200)})
     strong, weak = 100.0, 1e-4
-    probe = LinearProbe(encoder_path=None, input_dim=2, num_classes=2, lbfgs=LBFGSOptions(l2_grid=(strong, weak)))
+    probe = LinearProbe(encoder_path=None, input_dim=2, num_classes=2, solver="lbfgs", lbfgs=LBFGSOptions(l2_grid=(strong, weak)))
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max")
     trainer = L.Trainer(max_epochs=5, accelerator="cpu", logger=False, callbacks=[checkpoint],
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
@@ -158,11 +158,11 @@ def test_the_l2_weight_is_chosen_on_validation_not_on_test(tmp_path):
 
 def test_too_few_epochs_for_the_l2_grid_is_a_user_error(tmp_path):
     data = PresetFeatures({s: (torch.randn(8, 2), torch.arange(8) % 2) for s in ("train", "val", "test")})
-    probe = LinearProbe(encoder_path=None, input_dim=2, num_classes=2, lbfgs=LBFGSOptions(l2_grid=(1e-2, 1e-3, 1e-4)))
+    probe = LinearProbe(encoder_path=None, input_dim=2, num_classes=2, solver="lbfgs", lbfgs=LBFGSOptions(l2_grid=(1e-2, 1e-3, 1e-4)))
     with pytest.raises(UserError, match="trainer.max_epochs=2 is below the 3 L2 weights"):
         fit(probe, data, tmp_path, epochs=2)
     with pytest.raises(UserError, match="l2_grid"):
-        LinearProbe(encoder_path=None, lbfgs=LBFGSOptions(l2_grid=()))
+        LinearProbe(encoder_path=None, solver="lbfgs", lbfgs=LBFGSOptions(l2_grid=()))
     with pytest.raises(UserError, match="must be 'lbfgs' or 'adam'"):
         LinearProbe(encoder_path=None, solver="sgd")
 
@@ -198,7 +198,7 @@ def test_classifier_from_state_checks_the_code_size():
 def test_probe_config_end_to_end_exports_classifier(encoder_file, repo_root, tmp_path):
     args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/probe.yaml",
             "--model.init_args.encoder_path", str(encoder_file), "--model.init_args.encode_k", "16",
-            "--model.init_args.lbfgs.l2_grid", "[0.001, 0.0001]", "--model.init_args.lbfgs.max_iter", "20",
+            "--model.init_args.solver", "lbfgs", "--model.init_args.lbfgs.l2_grid", "[0.001, 0.0001]", "--model.init_args.lbfgs.max_iter", "20",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--data.init_args.images.init_args.train_subset", "1024",
             "--data.init_args.images.init_args.val_size", "512", "--run.root", str(tmp_path)]
