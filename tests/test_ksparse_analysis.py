@@ -347,3 +347,45 @@ def test_an_unreadable_probe_config_stops_the_study_with_one_line(runs, repo_roo
     assert "\n" not in str(error.value) and "config.yaml" in str(error.value)
     assert ("cannot read" if config is None else "has no model.init_args.encode_k") in str(error.value)
     assert not (tmp_path / "report").exists()
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+def test_the_results_sections_are_generated_from_a_fixture_of_runs(tmp_path):
+    """Seeds → mean ± sample std; the sweep's chosen row is the validation-best eligible one even
+    when another row is better on test; figures are published through the given callback."""
+    from scripts.results_ksparse import ksparse_sections
+
+    runs = tmp_path / "runs"
+    for seed, (mse, never, rare, acc, val, alphak) in enumerate([(0.0044, 0, 3, 0.876, 0.880, 0.883),
+                                                               (0.0046, 2, 5, 0.880, 0.884, 0.885)]):
+        _write(runs / "fashion_mnist_ksae" / f"seed{seed}" / "results.json", {"test": {"test/loss": mse}})
+        _write(runs / "fashion_mnist_ksae" / f"seed{seed}" / "firing.json",
+               {"images": 100, "n_units": 4, "rare_threshold": 10, "never_fire": never,
+                "fire_on_fewer_than_10": rare, "fires_on": [0, 5, 50, 100]})
+        for name, value in (("fashion_mnist_probe", acc), ("fashion_mnist_probe_alphak", alphak)):
+            _write(runs / name / f"seed{seed}" / "results.json", {"test": {"test/acc": value}})
+            _write(runs / name / f"seed{seed}" / "metrics.csv", f"epoch,val/acc\n0,0.5\n1,{val}\n2,0.7\n")
+    row = dict(val_rare_units=0, test_dead_units=0, test_rare_units=0, probe_val_acc=0.88, probe_acc=0.87, fit_s=1)
+    _write(runs / "bench_ksae" / "epochs30.json", {"ablation": [
+        {"row": "dead-heavy", "val_mse": 0.0040, "val_dead_units": 50, "test_mse": 0.0040, **row},
+        {"row": "val-best", "val_mse": 0.0045, "val_dead_units": 0, "test_mse": 0.0047, **row},
+        {"row": "test-best", "val_mse": 0.0046, "val_dead_units": 0, "test_mse": 0.0044, **row}]})
+    published = []
+    sections = dict(ksparse_sections(runs, lambda source, name: published.append(name) or f"figures/{name}"))
+    headline = sections["k-sparse autoencoder: headline over seeds"]
+    assert "**87.80 ± 0.28**" in headline  # mean and sample std of 87.6 and 88.0
+    assert "88.20 ± 0.28" in headline  # best validation accuracy, from metrics.csv
+    assert "0.00450 ± 0.00014" in headline and "1.0 ± 1.4" in headline
+    assert "not met by the mean" in headline
+    assert "+0.60 ± 0.14 points" in headline and "no difference" not in headline  # 0.7 and 0.5 points
+    assert published == ["ksparse_firing.png"] and "figures/ksparse_firing.png" in headline
+    sweep = sections["k-sparse: dead-unit cures and k schedule, chosen on validation"]
+    chosen = [line for line in sweep.splitlines() if line.endswith("✓ |")]
+    assert len(chosen) == 1 and "val-best" in chosen[0]
+    # no seed runs: the section says which command makes them
+    empty = dict(ksparse_sections(tmp_path / "none", lambda s, n: n))
+    assert "scripts/ksparse_seeds.py" in empty["k-sparse autoencoder: headline over seeds"]
