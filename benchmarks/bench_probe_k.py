@@ -135,6 +135,11 @@ def main(argv=None) -> dict:
                "settings": f"train_subset={args.train_subset}" + (", quick" if args.quick else "")}
     out = Path(args.out)
     stem = "quick" if args.quick else "probe_k"
+    def save() -> None:
+        results["load_average"] = load_average()
+        atomic_write_json(out / f"{stem}.json", results)
+        atomic_write_text(out / f"{stem}.md", markdown(results))
+
     for solver in args.solvers:
         rows = []
         for k in args.ks:
@@ -142,14 +147,14 @@ def main(argv=None) -> dict:
             r = rows[-1]
             print(f"encode_k {k}, {solver}: val {100 * r['val_acc']:.2f}%, test {100 * r['test_acc']:.2f}%, "
                   f"L2 {r['l2']:.0e}, fit {r['fit_s']:.1f} s", flush=True)
-        if rows:
+            results["rows"].append(r)  # the same dict: the marks below show in it
+            for row in rows:
+                row["chosen"] = False
             choose(rows)["chosen"] = True
+            save()
         if args.pixels:
-            rows.append({**fit_probe(None, None, solver, args), "encode_k": "pixels"})
-        results["rows"] += rows
-        results["load_average"] = load_average()
-        atomic_write_json(out / f"{stem}.json", results)
-        atomic_write_text(out / f"{stem}.md", markdown(results))
+            results["rows"].append({**fit_probe(None, None, solver, args), "encode_k": "pixels"})
+            save()
     print(markdown(results))
     print(f"written to {out / stem}.json / .md")
     return results
