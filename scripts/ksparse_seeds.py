@@ -8,8 +8,8 @@ For each seed S, ``train.py`` with ``--seed_everything S`` (the autoencoder's in
 data order and the train/val split; the official test split is the same for all) runs
 ``ksae.yaml`` → ``runs/fashion_mnist_ksae/seed<S>``, then ``probe.yaml`` on its encoder →
 ``runs/fashion_mnist_probe/seed<S>`` and ``probe.yaml`` + ``probe_alphak.yaml`` →
-``runs/fashion_mnist_probe_alphak/seed<S>``. Finished runs (a results.json) are kept, so the
-script resumes. Each autoencoder run then gets ``firing.json``: how many test images each unit
+``runs/fashion_mnist_probe_alphak/seed<S>``. Finished runs (a results.json) are kept and an
+interrupted autoencoder fit resumes from its ``last.ckpt``, so the script can be stopped and rerun. Each autoencoder run then gets ``firing.json``: how many test images each unit
 fires on, and the dead units under both definitions (never fires; fires on fewer than 10 test
 images). ``--reuse-main S`` takes the ``main`` runs as seed S (they must have been trained with it).
 ``scripts/results_ksparse.py`` reads these folders.
@@ -53,6 +53,8 @@ def train(name: str, seed: int, root: Path, extra: list[str]) -> Path:
         args += ["--config", config]
     args += ["--seed_everything", str(seed), "--run.root", str(root), "--run.version", f"seed{seed}",
              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+    if (run / "checkpoints" / "last.ckpt").is_file():
+        args += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]  # an interrupted fit resumes
     print(" ".join(args[1:]), flush=True)
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
