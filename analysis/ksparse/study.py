@@ -380,7 +380,7 @@ def render_markdown(numbers: dict, paths: dict[str, str]) -> str:
             lines.append("")
             for caption, header, rows in control_tables(numbers):
                 lines += [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                lines += ["| " + " | ".join(row) + " |" for row in rows]
+                lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
                 lines.append("")
     lines += ["All numbers: `results.json`.", ""]
     return "\n".join(lines)
