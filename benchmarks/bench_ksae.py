@@ -9,10 +9,13 @@
 (1) Ablation: the plain model (no cure), each cure alone,
 and the default of ``configs/fashion_mnist/ksae.yaml``, on real Fashion-MNIST. Every row trains
 through the same Lightning Trainer as ``train.py`` (validation each epoch, no checkpoint files, no
-early stopping: exactly ``--epochs`` epochs), then reports on the official 10k test images: MSE
-per pixel, dead units (never fire on any test image), the accuracy of a linear probe on the codes
-(``LinearProbe`` + ``FeatureData``, as ``probe.yaml`` but a fixed ``--probe-epochs``), and the
-fit time. The raw-pixel probe (row ``pixels``) is the baseline.
+early stopping: exactly ``--epochs`` epochs), then reports on the validation split (5,000 images
+held out of the training set; the columns every choice is made on) and, for information, on the
+official 10k test images: MSE per pixel, dead units under both definitions (never fire; fire on
+fewer than 10 images of the split), the accuracy of a linear probe on the k = 50 codes
+(``LinearProbe`` + ``FeatureData``, Adam for a fixed ``--probe-epochs``), and the fit time. The
+raw-pixel probe (row ``pixels``) is the baseline. The chosen row (marked) is the one with the
+lowest validation MSE among the rows with at most 1% of units dead on validation (never fire).
 
 (2) Speed: the default model trained ``--speed-epochs`` epochs three ways, one after the other: as
 configured (sparse kernels, bfloat16 encoder matmul), with ``select_dtype: float32``, and through the
@@ -46,9 +49,12 @@ from common.io import atomic_write_json, atomic_write_text  # noqa: E402
 from datamodules.fashion_mnist import FashionMNISTDataModule  # noqa: E402
 from components.sparse_coder import SparseCoderConfig  # noqa: E402
 from lightning_modules.ksparse_autoencoder import KSparseAutoencoder  # noqa: E402
-from datamodules.feature_data import FeatureData
+from datamodules.feature_data import FeatureData  # noqa: E402
 from lightning_modules.linear_probe import LinearProbe  # noqa: E402
 from common.hardware import detect  # noqa: E402
+
+RARE = 10  # "fires on fewer than RARE images of the split" is the second dead-unit definition
+MAX_DEAD_FRACTION = 0.01  # rows above it on validation are not eligible for the choice
 
 PLAIN = dict(unit_norm_decoder=False, tied_init=False, pre_bias=False, aux_k=0, k_start=None,
              k_anneal_epochs=0, revive_bias_step=0.0, lr=1e-3, lr_final_fraction=1.0, lr_decay_start=0.0)
@@ -159,33 +165,53 @@ def images(args: argparse.Namespace) -> FashionMNISTDataModule:
                                   train_subset=args.train_subset, seed=0)
 
 
+@torch.no_grad()
+def firing_counts(model: KSparseAutoencoder, data: FashionMNISTDataModule, split: str) -> torch.Tensor:
+    """Images of ``split`` each unit fires on (n_units,), with the model's own k."""
+    images, _ = data.split(split)
+    x = data.transform(images, train=False).flatten(1)
+    model.eval()
+    return sum(((model.net.encoder(chunk) > 0).sum(0) for chunk in x.split(2048)),
+               torch.zeros(model.sae_config.n_latents, dtype=torch.long))
+
+
 def train_autoencoder(model_args: dict, epochs: int, args: argparse.Namespace) -> tuple[KSparseAutoencoder, dict]:
-    """Fit one model; returns it and {fit_s, train_s_per_epoch, test_mse, dead_units}."""
+    """Fit one model; returns it and {fit_s, train_s_per_epoch_median, val_/test_ mse, dead_units,
+    rare_units}."""
     L.seed_everything(0, workers=True, verbose=False)
     model = build_model(model_args)
     data = images(args)
     timer = FitTimer()
     fit = trainer(epochs, [timer])
     fit.fit(model, datamodule=data)
+    val = fit.validate(model, datamodule=data, verbose=False)[0]
     test = fit.test(model, datamodule=data, verbose=False)[0]
     epoch_s = sorted(timer.train_epoch_s)[len(timer.train_epoch_s) // 2]
-    return model, {"fit_s": timer.fit_s, "train_s_per_epoch_median": epoch_s,
-                   "test_mse": test["test/loss"], "dead_units": int(round(model.sae_config.n_latents - test["test/active_units"]))}
+    result = {"fit_s": timer.fit_s, "train_s_per_epoch_median": epoch_s,
+              "val_mse": val["val/loss"], "test_mse": test["test/loss"]}
+    for split in ("val", "test"):
+        counts = firing_counts(model, data, split)
+        result[f"{split}_dead_units"] = int((counts == 0).sum())
+        result[f"{split}_rare_units"] = int((counts < RARE).sum())
+    result["dead_units"] = result["test_dead_units"]
+    return model, result
 
 
-def probe_accuracy(encoder_state: dict | None, args: argparse.Namespace) -> float:
-    """Test accuracy of the linear probe on the codes (``None``: on raw pixels)."""
+def probe_accuracy(encoder_state: dict | None, args: argparse.Namespace) -> dict[str, float]:
+    """Validation and test accuracy of the linear probe on the codes (``None``: on raw pixels),
+    after exactly ``--probe-epochs`` epochs: {"val": ..., "test": ...}."""
     L.seed_everything(0, workers=True, verbose=False)
     with tempfile.TemporaryDirectory() as folder:
         path = None
         if encoder_state is not None:
             path = str(Path(folder) / "encoder.pth")
             torch.save(encoder_state, path)
-        probe = LinearProbe(encoder_path=path)
+        probe = LinearProbe(encoder_path=path, solver="adam")
         data = FeatureData(images(args), batch_size=256, seed=0)
         fit = trainer(args.probe_epochs, [])
         fit.fit(probe, datamodule=data)
-        return float(fit.test(probe, datamodule=data, verbose=False)[0]["test/acc"])
+        return {"val": float(fit.validate(probe, datamodule=data, verbose=False)[0]["val/acc"]),
+                "test": float(fit.test(probe, datamodule=data, verbose=False)[0]["test/acc"])}
 
 
 def load_average() -> str:
@@ -202,8 +228,9 @@ def ablation(args: argparse.Namespace, save) -> list[dict]:
     for key in args.rows:
         name = ROW_KEYS[key]
         if key == "pixels":
-            rows.append({"row": name, "probe_acc": probe_accuracy(None, args)})
-            print(f"{name}: probe {100 * rows[-1]['probe_acc']:.2f}%", flush=True)
+            accuracy = probe_accuracy(None, args)
+            rows.append({"row": name, "probe_val_acc": accuracy["val"], "probe_acc": accuracy["test"]})
+            print(f"{name}: probe val {100 * accuracy['val']:.2f}%, test {100 * accuracy['test']:.2f}%", flush=True)
             save(rows)
             continue
         if key == "plain":
@@ -217,13 +244,32 @@ def ablation(args: argparse.Namespace, save) -> list[dict]:
         else:
             options = {**base, **CURES[name]}
         model, result = train_autoencoder(options, args.epochs, args)
-        result["probe_acc"] = probe_accuracy(model.net.encoder.state_dict(), args)
-        result.update(row=name, options={k: options[k] for k in sorted(options)})
+        accuracy = probe_accuracy(model.net.encoder.state_dict(), args)
+        result.update(probe_val_acc=accuracy["val"], probe_acc=accuracy["test"])
+        result.update(row=name, key=key, options={k: options[k] for k in sorted(options)})
         rows.append(result)
-        print(f"{name}: test MSE {result['test_mse']:.5f}, dead {result['dead_units']}, "
-              f"probe {100 * result['probe_acc']:.2f}%, fit {result['fit_s']:.0f} s", flush=True)
+        mark_choice(rows)
+        print(f"{name}: val MSE {result['val_mse']:.5f}, val dead {result['val_dead_units']}, "
+              f"test MSE {result['test_mse']:.5f}, test dead {result['test_dead_units']}, "
+              f"probe val {100 * accuracy['val']:.2f}% / test {100 * accuracy['test']:.2f}%, "
+              f"fit {result['fit_s']:.0f} s", flush=True)
         save(rows)
     return rows
+
+
+def mark_choice(rows: list[dict], n_units: int = 1024) -> dict | None:
+    """Mark (``chosen: True``) the row with the lowest validation MSE among the trained rows with at
+    most ``MAX_DEAD_FRACTION`` of units never firing on validation; returns it (``None``: no row
+    is eligible). Only validation numbers enter the choice."""
+    trained = [r for r in rows if "val_mse" in r]
+    for r in trained:
+        r["chosen"] = False
+    eligible = [r for r in trained if r["val_dead_units"] <= MAX_DEAD_FRACTION * n_units]
+    if not eligible:
+        return None
+    best = min(eligible, key=lambda r: r["val_mse"])
+    best["chosen"] = True
+    return best
 
 
 def speed(args: argparse.Namespace) -> list[dict]:
@@ -249,13 +295,23 @@ def markdown(results: dict) -> str:
     lines = [f"# k-sparse AE benchmark ({results['settings']})", "",
              f"torch threads: {results['threads']}; load average at the end: {results['load_average']}", ""]
     if results.get("ablation"):
-        lines += ["| row | test MSE/pixel | dead units (test) | probe acc % | fit s |", "|---|---|---|---|---|"]
+        lines += ["Choice on validation: the lowest val MSE among rows with ≤ 1% of units never firing on "
+                  "validation (bold, ✓). Test columns for information; dead = never fires / fires on < 10 images.", "",
+                  "| row | val MSE/pixel | val dead | val probe % | test MSE/pixel | test dead | test probe % | fit s | chosen |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in results["ablation"]:
-            if "test_mse" in r:
-                lines.append(f"| {r['row']} | {r['test_mse']:.5f} | {r['dead_units']} "
-                             f"({100 * r['dead_units'] / 1024:.1f}%) | {100 * r['probe_acc']:.2f} | {r['fit_s']:.0f} |")
-            else:
-                lines.append(f"| {r['row']} | | | {100 * r['probe_acc']:.2f} | |")
+            if "test_mse" not in r:
+                lines.append(f"| {r['row']} | | | {100 * r.get('probe_val_acc', float('nan')):.2f} | | | "
+                             f"{100 * r['probe_acc']:.2f} | | |")
+                continue
+            mark = "**" if r.get("chosen") else ""
+            val_dead = f"{r['val_dead_units']} / {r['val_rare_units']}" if "val_dead_units" in r else ""
+            test_dead = (f"{r['test_dead_units']} / {r['test_rare_units']}" if "test_rare_units" in r
+                         else f"{r['dead_units']}")
+            val_mse = f"{mark}{r['val_mse']:.5f}{mark}" if "val_mse" in r else ""
+            val_probe = f"{100 * r['probe_val_acc']:.2f}" if "probe_val_acc" in r else ""
+            lines.append(f"| {mark}{r['row']}{mark} | {val_mse} | {val_dead} | {val_probe} | {r['test_mse']:.5f} | "
+                         f"{test_dead} | {100 * r['probe_acc']:.2f} | {r['fit_s']:.0f} | {'✓' if r.get('chosen') else ''} |")
         lines.append("")
     if results.get("speed"):
         lines += ["| training path | epochs | fit s | s per 30 epochs | train s/epoch (median) | test MSE |",

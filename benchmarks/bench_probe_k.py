@@ -1,70 +1,164 @@
-"""Linear probe on the frozen k-sparse codes, encoded with k' = encode_k units per image (issue 3).
+"""Linear probe on the frozen k-sparse codes vs ``encode_k`` and solver, chosen on validation.
 
-    python benchmarks/bench_probe_k.py                       # k' = 50 100 150 250 1024 on the demo encoder
-    python benchmarks/bench_probe_k.py --ks 50 150 --encoder runs/fashion_mnist_ksae/main/encoder.pth
+    python benchmarks/bench_probe_k.py                          # k' = 50 100 150 250 1024, L-BFGS
+    python benchmarks/bench_probe_k.py --ks 50 --solvers lbfgs adam   # the two solvers side by side
+    python benchmarks/bench_probe_k.py --encoder runs/fashion_mnist_ksae/main/encoder.pth --quick
 
 Makhzani & Frey (2013, Algorithm 1) train with the top k units and encode for classification with
-the top αk (α ≥ 1). Each row is ``train.py --config configs/fashion_mnist/probe.yaml`` with
-``model.init_args.encode_k`` set (the probe.yaml protocol: early stopping on validation accuracy,
-the best epoch tested); pick k' by the validation column, the test column is the result.
+the top αk (α ≥ 1). Each row fits ``LinearProbe`` with the options of ``configs/fashion_mnist/
+probe.yaml`` (L-BFGS: one epoch per L2 weight of its grid; Adam: up to ``trainer.max_epochs``
+epochs with early stopping on validation accuracy), keeps the epoch best on validation and tests
+it once. The choice of ``encode_k`` (per solver) is made on the validation column and marked; the
+test column is for information. Fit times are wall seconds of ``trainer.fit`` on features already
+extracted, rows run one after the other in this process: on a shared machine they move with its
+load (the load average is printed).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint  # noqa: E402
+
 from common.hardware import detect  # noqa: E402
+from common.io import atomic_write_json, atomic_write_text  # noqa: E402
+from datamodules.fashion_mnist import FashionMNISTDataModule  # noqa: E402
+from datamodules.feature_data import FeatureData  # noqa: E402
+from lightning_modules.linear_probe import LBFGSOptions, LinearProbe  # noqa: E402
 
 
-def probe(encoder: Path, encode_k: int, out: Path, extra: list[str]) -> dict:
-    """Train and test one probe; returns {encode_k, best_val_acc, test_acc, best_epoch}."""
-    version = f"k{encode_k}"
-    args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/probe.yaml",
-            "--model.init_args.encoder_path", str(encoder), "--model.init_args.encode_k", str(encode_k),
-            "--run.root", str(out), "--run.version", version, "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", *extra]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"error: the probe with encode_k={encode_k} failed: {done.stderr.strip().splitlines()[-1]}")
-    results = json.loads((out / "fashion_mnist_probe" / version / "results.json").read_text())
-    best = Path(results["best_checkpoint"]).stem  # epochNN-val_accX.XXXX
-    epoch, val = best.split("-val_acc")
-    return {"encode_k": encode_k, "best_val_acc": float(val), "best_epoch": int(epoch.removeprefix("epoch")),
-            "test_acc": results["test"]["test/acc"]}
+def probe_config() -> dict:
+    """The model and trainer options of configs/fashion_mnist/probe.yaml."""
+    config = yaml.safe_load((ROOT / "configs/fashion_mnist/probe.yaml").read_text())
+    model = dict(config["model"]["init_args"])
+    early = next(c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("EarlyStopping"))
+    return {"model": model, "max_epochs": config["trainer"]["max_epochs"], "patience": early["patience"],
+            "batch_size": config["data"]["init_args"]["batch_size"]}
 
 
-def main(argv=None) -> list[dict]:
+def fit_probe(encoder: str | None, encode_k: int | None, solver: str, args: argparse.Namespace) -> dict:
+    """Fit one probe as probe.yaml does; returns its validation choice, test accuracy and fit time."""
+    config = probe_config()
+    options = {k: v for k, v in config["model"].items() if k not in ("encoder_path", "encode_k", "solver", "lbfgs")}
+    lbfgs = LBFGSOptions(**{**(config["model"].get("lbfgs") or {})})
+    if lbfgs.l2_grid is not None:
+        lbfgs.l2_grid = tuple(lbfgs.l2_grid)
+    L.seed_everything(0, workers=True, verbose=False)
+    probe = LinearProbe(encoder_path=encoder, encode_k=encode_k, solver=solver, lbfgs=lbfgs, **options)
+    images = FashionMNISTDataModule(data_dir=args.data_dir, val_size=5000, seed=0, train_subset=args.train_subset)
+    data = FeatureData(images, batch_size=config["batch_size"], seed=0)
+    data.prepare_data()
+    data.setup("fit")
+    data.set_featurizer(probe.featurize, full_batch=solver == "lbfgs")
+    for split in ("train", "val", "test"):
+        data.features(split)  # extracted before the clock starts
+    max_epochs = min(config["max_epochs"], args.max_epochs or config["max_epochs"])
+    if solver == "lbfgs":
+        max_epochs = max(max_epochs, len(lbfgs.l2_grid))
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = ModelCheckpoint(dirpath=folder, monitor="val/acc", mode="max")
+        callbacks = [checkpoint] + ([EarlyStopping("val/acc", mode="max", patience=config["patience"])]
+                                    if solver == "adam" else [])
+        trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                            num_sanity_val_steps=0)
+        start = time.perf_counter()
+        trainer.fit(probe, datamodule=data)
+        fit_s = time.perf_counter() - start
+        best_epoch = int(Path(checkpoint.best_model_path).stem.split("epoch=")[1].split("-")[0])
+        test = trainer.test(probe, datamodule=data, ckpt_path="best", verbose=False)[0]
+    return {"encode_k": encode_k, "solver": solver, "val_acc": float(checkpoint.best_model_score),
+            "test_acc": float(test["test/acc"]), "l2": float(test["test/l2"]), "best_epoch": best_epoch,
+            "epochs": trainer.current_epoch, "fit_s": fit_s}
+
+
+def choose(rows: list[dict]) -> dict:
+    """The row best on validation; ties go to the sparser code (smaller encode_k)."""
+    return max(rows, key=lambda r: (r["val_acc"], -(r["encode_k"] or 0)))
+
+
+def markdown(results: dict) -> str:
+    lines = [f"encoder {results['encoder']}; {results['settings']}; torch threads {results['threads']}, "
+             f"load average {results['load_average']} (shared machine: fit times move with its load)", "",
+             "| encode_k | solver | val acc % (choice) | test acc % | L2 weight | best epoch / epochs | fit s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        mark = "**" if r.get("chosen") else ""
+        k = "encoder's k" if r["encode_k"] is None else r["encode_k"]
+        lines.append(f"| {mark}{k}{mark} | {r['solver']} | {mark}{100 * r['val_acc']:.2f}{mark} | "
+                     f"{100 * r['test_acc']:.2f} | {r['l2']:.0e} | {r['best_epoch'] + 1} / {r['epochs']} | "
+                     f"{r['fit_s']:.1f} |")
+    lines += ["", "Bold: the encode_k chosen on validation for each solver."]
+    return "\n".join(lines) + "\n"
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--encoder", default=str(ROOT / "runs/fashion_mnist_ksae/main/encoder.pth"),
                    help="encoder.pth (or a KSparseAutoencoder .ckpt) to probe")
     p.add_argument("--ks", type=int, nargs="*", default=[50, 100, 150, 250, 1024], help="values of encode_k")
-    p.add_argument("--out", default=str(ROOT / "runs" / "bench_probe_k"), help="folder for the probe runs")
-    p.add_argument("--quick", action="store_true", help="2 epochs on 2,048 training images (a smoke test)")
+    p.add_argument("--solvers", nargs="*", default=["lbfgs"], choices=["lbfgs", "adam"])
+    p.add_argument("--pixels", action="store_true", help="also probe raw pixels (the baseline)")
+    p.add_argument("--data-dir", default=str(ROOT / "data"))
+    p.add_argument("--train-subset", type=int, default=None, help="train on this many images")
+    p.add_argument("--max-epochs", type=int, default=None, help="cap on Adam's epochs (default: probe.yaml's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench_probe_k"), help="folder for the results")
+    p.add_argument("--quick", action="store_true", help="2,048 training images, Adam 2 epochs (a smoke test)")
     args = p.parse_args(argv)
-    print(detect().line(), flush=True)
+    if args.quick:
+        args.train_subset, args.max_epochs = args.train_subset or 2048, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     encoder = Path(args.encoder)
     if not encoder.is_file():
         sys.exit(f"error: encoder '{encoder}' does not exist; train it: "
                  f"python train.py --config configs/fashion_mnist/ksae.yaml")
-    extra = (["--trainer.max_epochs", "2", "--data.init_args.images.init_args.train_subset", "2048"]
-             if args.quick else [])
-    rows = []
-    print(f"encoder {encoder}\n\n| encode_k | best val acc % | epoch | test acc % |\n|---|---|---|---|")
-    for k in args.ks:
-        rows.append(probe(encoder, k, Path(args.out), extra))
-        r = rows[-1]
-        print(f"| {k} | {100 * r['best_val_acc']:.2f} | {r['best_epoch']} | {100 * r['test_acc']:.2f} |",
-              flush=True)
-    chosen = max(rows, key=lambda r: (r["best_val_acc"], -r["encode_k"]))  # ties: the sparser code
-    print(f"\nchosen by validation accuracy: encode_k = {chosen['encode_k']} "
-          f"(test {100 * chosen['test_acc']:.2f}%)")
-    return rows
+    results = {"encoder": str(encoder), "threads": torch.get_num_threads(), "rows": [],
+               "settings": f"train_subset={args.train_subset}" + (", quick" if args.quick else "")}
+    out = Path(args.out)
+    stem = "quick" if args.quick else "probe_k"
+    def save() -> None:
+        results["load_average"] = load_average()
+        atomic_write_json(out / f"{stem}.json", results)
+        atomic_write_text(out / f"{stem}.md", markdown(results))
+
+    for solver in args.solvers:
+        rows = []
+        for k in args.ks:
+            rows.append(fit_probe(str(encoder), k, solver, args))
+            r = rows[-1]
+            print(f"encode_k {k}, {solver}: val {100 * r['val_acc']:.2f}%, test {100 * r['test_acc']:.2f}%, "
+                  f"L2 {r['l2']:.0e}, fit {r['fit_s']:.1f} s", flush=True)
+            results["rows"].append(r)  # the same dict: the marks below show in it
+            for row in rows:
+                row["chosen"] = False
+            choose(rows)["chosen"] = True
+            save()
+        if args.pixels:
+            results["rows"].append({**fit_probe(None, None, solver, args), "encode_k": "pixels"})
+            save()
+    print(markdown(results))
+    print(f"written to {out / stem}.json / .md")
+    return results
 
 
 if __name__ == "__main__":

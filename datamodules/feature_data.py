@@ -21,11 +21,12 @@ class FeatureData(L.LightningDataModule):
 
     The ``LinearProbe`` sets the featurizer (its frozen encoder, or flat pixels) in its ``setup``;
     each split is then preprocessed (``images.transform(x, train=False)``), featurized in chunks and
-    held in memory, so an epoch costs only the linear layer.
+    held in memory, so an epoch costs only the linear layer. A full-batch solver (L-BFGS) asks for
+    ``full_batch``: every loader then serves its whole split as one batch.
 
     Args:
         images: the image datamodule (dataset, split seed, preprocessing).
-        batch_size: feature rows per training step.
+        batch_size: feature rows per training step (mini-batch solvers).
         seed: seeds the per-epoch shuffling of the training features.
         extract_batch_size: images featurized at once.
     """
@@ -38,6 +39,7 @@ class FeatureData(L.LightningDataModule):
         self.seed = seed
         self.extract_batch_size = extract_batch_size
         self.featurizer: Callable[[Tensor], Tensor] | None = None
+        self.full_batch = False
         self._features: dict[str, tuple[Tensor, Tensor]] = {}
 
     @property
@@ -50,8 +52,10 @@ class FeatureData(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.images.setup(stage)
 
-    def set_featurizer(self, featurizer: Callable[[Tensor], Tensor]) -> None:
-        """Use ``featurizer`` (preprocessed images (B, C, H, W) → (B, F)); a new one drops the cache."""
+    def set_featurizer(self, featurizer: Callable[[Tensor], Tensor], full_batch: bool = False) -> None:
+        """Use ``featurizer`` (preprocessed images (B, C, H, W) → (B, F)); a new one drops the cache.
+        ``full_batch``: serve each split as a single batch (for full-batch solvers)."""
+        self.full_batch = full_batch
         if featurizer != self.featurizer:
             self.featurizer = featurizer
             self._features.clear()
@@ -71,8 +75,9 @@ class FeatureData(L.LightningDataModule):
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
         device = self.trainer.lightning_module.device if self.trainer is not None else "cpu"
         features, labels = self.features(split, device)
-        return in_memory_loader(InMemoryTensorDataset(features, labels), self.batch_size,
-                                shuffle=shuffle, seed=self.seed)
+        batch_size = max(len(labels), 1) if self.full_batch else self.batch_size
+        return in_memory_loader(InMemoryTensorDataset(features, labels), batch_size,
+                                shuffle=shuffle and not self.full_batch, seed=self.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,4 +1,4 @@
-"""The k-sparse study: importance, overlays, occlusion, ablation, the report, and bad input."""
+"""The k-sparse study: importance, overlays, occlusion, ablation and its controls, the report, bad input."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from analysis.base import REPORT_MARKER
-from analysis.ksparse import (ablation_study, check_image, class_mean_codes, feature_overlay, importance,
-                              load_probed_autoencoder, occlusion_map, top_units)
+from analysis.ksparse import (ablation_study, check_image, class_mean_codes, decoder_side_ablation, draw_controls,
+                              feature_overlay, importance, load_probed_autoencoder, matched_random_units,
+                              occlusion_map, quantile_bins, ranking_scores, top_units)
 from analysis.ksparse.study import KSparseStudy
 from common.errors import UserError
 from common.run_options import WandbOptions
@@ -63,7 +64,28 @@ def runs(tmp_path_factory, repo_root) -> tuple[Path, Path]:
     torch.save(net.encoder.state_dict(), ksae / "encoder.pth")
     torch.save(net.decoder.state_dict(), ksae / "decoder.pth")
     torch.save(classifier.state_dict(), probe / "classifier.pth")
+    (probe / "config.yaml").write_text("model:\n  init_args:\n    encode_k: null\n")  # as train.py writes it
     return ksae, probe
+
+
+@pytest.fixture(scope="module")
+def pixel_run(tmp_path_factory, repo_root) -> Path:
+    """A raw-pixel probe (784 → 10) trained on the tiny data, saved as a run folder."""
+    torch.manual_seed(0)
+    data = tiny_data(repo_root)
+    images, labels = data.split("train")
+    x = data.transform(images).flatten(1)
+    classifier = torch.nn.Linear(784, 10)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = F.cross_entropy(classifier(x), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    run = tmp_path_factory.mktemp("pixels")
+    torch.save(classifier.state_dict(), run / "classifier.pth")
+    (run / "results.json").write_text(json.dumps({"test": {"test/acc": 0.8}}))
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -124,19 +146,81 @@ def test_wrong_image_shapes_are_user_errors(model, shape):
     assert check_image(torch.rand(784), 784).shape == (1, 1, 28, 28)
 
 
-def test_ablating_top_units_hurts_more_than_random_units(model, repo_root):
+def test_ablating_top_units_hurts_more_than_matched_random_units(model, repo_root):
     data = tiny_data(repo_root)
     images, labels = data.split("test")
-    x = data.transform(images)
-    codes = model.batched_codes(x)
+    codes = model.batched_codes(data.transform(images))
     train_images, train_labels = data.split("train")
-    scores = importance(model.classifier.weight,
-                        class_mean_codes(model.batched_codes(data.transform(train_images)), train_labels, 10))
-    result = ablation_study(model.classifier, codes, labels, top_units(scores, 5), [0, 1, 2], data.class_names)
+    train_codes = model.batched_codes(data.transform(train_images))
+    means = class_mean_codes(train_codes, train_labels, 10)
+    top = top_units(importance(model.classifier.weight, means), 5)
+    controls, _ = draw_controls(means, train_codes, train_labels, top, [0, 1, 2], bins=4)
+    result = ablation_study(model.classifier, codes, labels, top, controls, data.class_names)
     summary = result["summary"]
     assert summary["top_logit_drop_mean"] > summary["random_logit_drop_mean"]
     assert summary["classes_where_top_hurts_more"] >= 8
     assert len(result["per_class"]) == 10 and result["per_class"][0]["random"]["units"] == 5
+
+
+def test_matched_controls_fall_in_the_same_firing_strength_bins():
+    """Each control unit has its top unit's quantile bin of class-mean activation, is not a top
+    unit, fires on the class, and no unit is drawn twice."""
+    torch.manual_seed(0)
+    means = torch.rand(200).pow(3)  # skewed, like mean activations
+    fires = torch.rand(200) > 0.2
+    means[~fires] = 0.0
+    top = torch.argsort(-means)[:3]  # the strongest units: the top bin
+    top = torch.cat([top, torch.tensor([int(fires.nonzero()[50]), int(fires.nonzero()[120])])])
+    bins = quantile_bins(means, fires, 10)
+    for seed in range(5):
+        units, moved = matched_random_units(means, top, fires, 10, torch.Generator().manual_seed(seed))
+        assert moved == 0 and len(units) == len(top) and len(set(units.tolist())) == len(top)
+        assert torch.equal(bins[units], bins[top])
+        assert fires[units].all() and not set(units.tolist()) & set(top.tolist())
+    # an unmatched control (any firing unit) would mostly come from weaker bins
+    assert (bins[fires] < bins[top[0]]).double().mean() > 0.8
+    # a bin with too few units left: the nearest bin is used, and counted
+    few = torch.zeros(20, dtype=torch.bool)
+    few[:10] = True
+    values = torch.arange(20, dtype=torch.float64)
+    units, moved = matched_random_units(values, torch.tensor([9, 8]), few, 5, torch.Generator().manual_seed(0))
+    assert moved >= 1 and len(units) == 2 and few[units].all()
+
+
+def test_rankings_are_the_documented_scores():
+    w = torch.tensor([[1.0, -3.0, 0.5], [-2.0, 1.0, 0.0]])
+    m = torch.tensor([[0.5, 0.2, 4.0], [0.1, 1.0, 0.3]])
+    scores = ranking_scores(w, m)
+    assert torch.allclose(scores["importance"], (w.double().abs() * m.double()).t())
+    assert torch.equal(scores["abs_weight"], w.abs().t().double())
+    assert torch.equal(scores["mean_code"], m.t().double())
+    assert torch.allclose(scores["signed"], (w.double() * m.double()).t())
+    assert top_units(scores["signed"], 1).flatten().tolist() == [2, 1]
+    assert top_units(scores["importance"], 1).flatten().tolist() == [2, 1]
+    assert top_units(scores["abs_weight"], 1).flatten().tolist() == [1, 0]
+
+
+def test_decoder_side_ablation_on_a_tiny_fixture():
+    """Two pixels; unit 0 draws pixel 0, unit 1 pixel 1, unit 2 nothing. The pixel classifier picks
+    the brighter pixel. Zeroing unit 0 in class-0 codes turns them into class 1; zeroing unit 2
+    changes nothing."""
+    decoder = torch.nn.Linear(3, 2, bias=False)
+    pixels = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        decoder.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        pixels.weight.copy_(torch.eye(2))
+    codes = torch.tensor([[1.0, 0.5, 0.3], [0.9, 0.2, 0.3], [0.2, 1.0, 0.3], [0.0, 0.8, 0.3]])
+    labels = torch.tensor([0, 0, 1, 1])
+    top = torch.tensor([[0], [1]])
+    controls = [[torch.tensor([2])], [torch.tensor([2])]]
+    result = decoder_side_ablation(decoder, pixels, codes, labels, top, controls, ["a", "b"])
+    first, second = result["per_class"]
+    assert (first["intact_class_accuracy"], first["top_class_accuracy"], first["random_class_accuracy_mean"]) == (1, 0, 1)
+    assert (second["intact_class_accuracy"], second["top_class_accuracy"]) == (1, 0)
+    assert result["summary"]["top_class_accuracy_drop_mean"] == 1.0
+    assert result["summary"]["random_class_accuracy_drop_mean"] == 0.0
+    assert result["summary"]["classes_where_top_hurts_more"] == 2
+    assert torch.equal(codes[0], torch.tensor([1.0, 0.5, 0.3]))  # the caller's codes are untouched
 
 
 def test_report_files_exist_and_every_referenced_figure_exists(runs, repo_root, tmp_path):
@@ -152,6 +236,9 @@ def test_report_files_exist_and_every_referenced_figure_exists(runs, repo_root, 
     assert numbers["n_units"] == N_UNITS and numbers["k"] == K
     assert set(numbers["importance"]["top_units"]) == set(tiny_data(repo_root).class_names)
     assert len(numbers["ablation"]["per_class"]) == 10
+    assert set(numbers["ablation"]["rankings"]) == {"importance", "abs_weight", "mean_code", "signed"}
+    assert numbers["ablation"]["decoder_side"] is None  # no pixel probe given
+    assert "Rankings side by side" in markdown and "Decoder-side" not in markdown
     assert 0 < numbers["probe"]["accuracy"] <= 1 and numbers["reconstruction"]["mse_per_pixel"] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no staging folder left behind
 
@@ -233,3 +320,74 @@ def test_analyze_entry_point_with_a_missing_run_is_one_line(repo_root, tmp_path)
     done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and not (tmp_path / "report").exists()
+
+
+def test_the_report_judges_the_ablation_with_the_pixel_probe(runs, pixel_run, repo_root, tmp_path):
+    out = study(repo_root, runs, tmp_path / "report", pixel_probe_run=str(pixel_run)).run()
+    numbers = json.loads((out / "results.json").read_text())
+    decoder_side = numbers["ablation"]["decoder_side"]
+    assert decoder_side["judge"] == "raw-pixel probe" and len(decoder_side["per_class"]) == 10
+    summary = decoder_side["summary"]
+    assert summary["top_class_accuracy_drop_mean"] > summary["random_class_accuracy_drop_mean"]
+    assert "Decoder-side ablation" in (out / "report.md").read_text()
+    assert numbers["probe"]["pixel_baseline_accuracy"] == 0.8
+
+
+@pytest.mark.parametrize("config", [None, "model:\n  init_args:\n    lr: 0.1\n", "trainer: {}\n"])
+def test_an_unreadable_probe_config_stops_the_study_with_one_line(runs, repo_root, tmp_path, config):
+    """No silent fallback to the autoencoder's k: without the probe's encode_k the study stops."""
+    import shutil
+
+    probe = tmp_path / "probe"
+    shutil.copytree(runs[1], probe)
+    if config is None:
+        (probe / "config.yaml").unlink()
+    else:
+        (probe / "config.yaml").write_text(config)
+    with pytest.raises(UserError) as error:
+        study(repo_root, (runs[0], probe), tmp_path / "report").run()
+    assert "\n" not in str(error.value) and "config.yaml" in str(error.value)
+    assert ("cannot read" if config is None else "has no model.init_args.encode_k") in str(error.value)
+    assert not (tmp_path / "report").exists()
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+def test_the_results_sections_are_generated_from_a_fixture_of_runs(tmp_path):
+    """Seeds → mean ± sample std; the sweep's chosen row is the validation-best eligible one even
+    when another row is better on test; figures are published through the given callback."""
+    from scripts.results_ksparse import ksparse_sections
+
+    runs = tmp_path / "runs"
+    for seed, (mse, never, rare, acc, val, alphak) in enumerate([(0.0044, 0, 3, 0.876, 0.880, 0.883),
+                                                               (0.0046, 2, 5, 0.880, 0.884, 0.885)]):
+        _write(runs / "fashion_mnist_ksae" / f"seed{seed}" / "results.json", {"test": {"test/loss": mse}})
+        _write(runs / "fashion_mnist_ksae" / f"seed{seed}" / "firing.json",
+               {"images": 100, "n_units": 4, "rare_threshold": 10, "never_fire": never,
+                "fire_on_fewer_than_10": rare, "fires_on": [0, 5, 50, 100]})
+        for name, value in (("fashion_mnist_probe", acc), ("fashion_mnist_probe_alphak", alphak)):
+            _write(runs / name / f"seed{seed}" / "results.json", {"test": {"test/acc": value}})
+            _write(runs / name / f"seed{seed}" / "metrics.csv", f"epoch,val/acc\n0,0.5\n1,{val}\n2,0.7\n")
+    row = dict(val_rare_units=0, test_dead_units=0, test_rare_units=0, probe_val_acc=0.88, probe_acc=0.87, fit_s=1)
+    _write(runs / "bench_ksae" / "epochs30.json", {"ablation": [
+        {"row": "dead-heavy", "val_mse": 0.0040, "val_dead_units": 50, "test_mse": 0.0040, **row},
+        {"row": "val-best", "val_mse": 0.0045, "val_dead_units": 0, "test_mse": 0.0047, **row},
+        {"row": "test-best", "val_mse": 0.0046, "val_dead_units": 0, "test_mse": 0.0044, **row}]})
+    published = []
+    sections = dict(ksparse_sections(runs, lambda source, name: published.append(name) or f"figures/{name}"))
+    headline = sections["k-sparse autoencoder: headline over seeds"]
+    assert "**87.80 ± 0.28**" in headline  # mean and sample std of 87.6 and 88.0
+    assert "88.20 ± 0.28" in headline  # best validation accuracy, from metrics.csv
+    assert "0.00450 ± 0.00014" in headline and "1.0 ± 1.4" in headline
+    assert "not met by the mean" in headline
+    assert "+0.60 ± 0.14 points" in headline and "no difference" not in headline  # 0.7 and 0.5 points
+    assert published == ["ksparse_firing.png"] and "figures/ksparse_firing.png" in headline
+    sweep = sections["k-sparse: dead-unit cures and k schedule, chosen on validation"]
+    chosen = [line for line in sweep.splitlines() if line.endswith("✓ |")]
+    assert len(chosen) == 1 and "val-best" in chosen[0]
+    # no seed runs: the section says which command makes them
+    empty = dict(ksparse_sections(tmp_path / "none", lambda s, n: n))
+    assert "scripts/ksparse_seeds.py" in empty["k-sparse autoencoder: headline over seeds"]

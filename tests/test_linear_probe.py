@@ -1,4 +1,5 @@
-"""The linear probe: frozen encoder, codes extracted once, pixel baseline, artifacts, bad input."""
+"""The linear probe: L-BFGS with the L2 weight chosen on validation, Adam, frozen encoder, codes
+extracted once, pixel baseline, artifacts, bad input."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from common.errors import UserError
 from datamodules.fashion_mnist import FashionMNISTDataModule
 from components.sparse_coder import SparseCoder, SparseCoderConfig
 from datamodules.feature_data import FeatureData
-from lightning_modules.linear_probe import LinearProbe, classifier_from_state
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_modules.linear_probe import LBFGSOptions, LinearProbe, classifier_from_state
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def fit(probe: LinearProbe, data: FeatureData, tmp_path: Path, epochs: int = 2) 
 
 
 def test_encoder_stays_frozen_and_codes_are_extracted_once(encoder_file, repo_root, tmp_path):
-    probe = LinearProbe(encoder_path=str(encoder_file))
+    probe = LinearProbe(encoder_path=str(encoder_file), solver="adam")
     before = {k: v.clone() for k, v in probe.encoder.state_dict().items()}
     classifier_before = probe.classifier.weight.clone()
     calls = []
@@ -82,13 +85,86 @@ def test_encode_k_without_an_encoder_is_a_user_error():
         LinearProbe(encoder_path=None, encode_k=150)
 
 
-def test_pixel_probe_learns_and_reports_accuracy(repo_root, tmp_path):
-    probe = LinearProbe(encoder_path=None, lr=0.01)
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_pixel_probe_learns_and_reports_accuracy(repo_root, tmp_path, solver):
+    probe = LinearProbe(encoder_path=None, lr=0.01, solver=solver, lbfgs=LBFGSOptions(l2_grid=(1e-3, 1e-4), max_iter=30))
     data = small_data(repo_root)
     trainer = fit(probe, data, tmp_path, epochs=2)
     assert probe.classifier.in_features == 784
     result = trainer.test(probe, datamodule=data, verbose=False)[0]
     assert result["test/acc"] > 0.6  # 10 classes: chance is 0.1
+
+
+class PresetFeatures(FeatureData):
+    """A FeatureData whose splits are given tensors (no images, no featurizer)."""
+
+    def __init__(self, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__(images=None, batch_size=8)
+        self.splits = splits
+
+    def prepare_data(self) -> None: ...
+
+    def setup(self, stage=None) -> None: ...
+
+    def set_featurizer(self, featurizer, full_batch: bool = False) -> None:
+        self.full_batch = full_batch
+
+    def features(self, split, device="cpu"):
+        return self.splits[split]
+
+
+def test_lbfgs_separates_a_tiny_set_well_above_chance(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 6, generator=generator) * 3
+
+    def blobs(n):
+        labels = torch.arange(4).repeat_interleave(n)
+        return centres[labels] + torch.randn(4 * n, 6, generator=generator), labels
+
+    data = PresetFeatures({"train": blobs(30), "val": blobs(20), "test": blobs(20)})
+    probe = LinearProbe(encoder_path=None, input_dim=6, num_classes=4, solver="lbfgs", lbfgs=LBFGSOptions(l2_grid=(1e-2, 1e-3)))
+    trainer = fit(probe, data, tmp_path, epochs=10)
+    assert trainer.current_epoch == 2  # one epoch per L2 weight, then it stops
+    assert trainer.test(probe, datamodule=data, verbose=False)[0]["test/acc"] > 0.9  # chance: 0.25
+
+
+def test_the_l2_weight_is_chosen_on_validation_not_on_test(tmp_path):
+    """Train and test follow x0 > 0 ⇒ class 1 (70% class 1). The validation images all have x0 < 0
+    and class 1, so the strong weight (W ≈ 0: always the majority class) is best on validation
+    while the weak one is best on test. The tested classifier must be the strong one."""
+    generator = torch.Generator().manual_seed(0)
+
+    def pattern(n):
+        x = torch.randn(n, 2, generator=generator)
+        x[:, 0] = torch.where(torch.rand(n, generator=generator) < 0.7, x[:, 0].abs() + 0.5, -x[:, 0].abs() - 0.5)
+        return x, (x[:, 0] > 0).long()
+
+    val_x = torch.randn(50, 2, generator=generator)
+    val_x[:, 0] = -val_x[:, 0].abs() - 0.5
+    data = PresetFeatures({"train": pattern(200), "val": (val_x, torch.ones(50, dtype=torch.long)),
+                           "test": pattern(200)})
+    strong, weak = 100.0, 1e-4
+    probe = LinearProbe(encoder_path=None, input_dim=2, num_classes=2, solver="lbfgs", lbfgs=LBFGSOptions(l2_grid=(strong, weak)))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max")
+    trainer = L.Trainer(max_epochs=5, accelerator="cpu", logger=False, callbacks=[checkpoint],
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(probe, datamodule=data)
+    last = trainer.test(probe, datamodule=data, verbose=False)[0]  # the weak weight, fitted last
+    assert last["test/l2"] == pytest.approx(weak) and last["test/acc"] > 0.95  # it would win on test
+    tested = trainer.test(probe, datamodule=data, ckpt_path="best", verbose=False)[0]
+    assert float(checkpoint.best_model_score) == 1.0
+    assert tested["test/l2"] == pytest.approx(strong) and tested["test/acc"] < 0.8  # the majority class only
+
+
+def test_too_few_epochs_for_the_l2_grid_is_a_user_error(tmp_path):
+    data = PresetFeatures({s: (torch.randn(8, 2), torch.arange(8) % 2) for s in ("train", "val", "test")})
+    probe = LinearProbe(encoder_path=None, input_dim=2, num_classes=2, solver="lbfgs", lbfgs=LBFGSOptions(l2_grid=(1e-2, 1e-3, 1e-4)))
+    with pytest.raises(UserError, match="trainer.max_epochs=2 is below the 3 L2 weights"):
+        fit(probe, data, tmp_path, epochs=2)
+    with pytest.raises(UserError, match="l2_grid"):
+        LinearProbe(encoder_path=None, solver="lbfgs", lbfgs=LBFGSOptions(l2_grid=()))
+    with pytest.raises(UserError, match="must be 'lbfgs' or 'adam'"):
+        LinearProbe(encoder_path=None, solver="sgd")
 
 
 def test_probe_needs_feature_data(encoder_file, repo_root, tmp_path):
@@ -122,7 +198,7 @@ def test_classifier_from_state_checks_the_code_size():
 def test_probe_config_end_to_end_exports_classifier(encoder_file, repo_root, tmp_path):
     args = [sys.executable, "train.py", "--config", "configs/fashion_mnist/probe.yaml",
             "--model.init_args.encoder_path", str(encoder_file), "--model.init_args.encode_k", "16",
-            "--trainer.max_epochs", "1",
+            "--model.init_args.solver", "lbfgs", "--model.init_args.lbfgs.l2_grid", "[0.001, 0.0001]", "--model.init_args.lbfgs.max_iter", "20",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--data.init_args.images.init_args.train_subset", "1024",
             "--data.init_args.images.init_args.val_size", "512", "--run.root", str(tmp_path)]
@@ -131,7 +207,10 @@ def test_probe_config_end_to_end_exports_classifier(encoder_file, repo_root, tmp
     run = tmp_path / "fashion_mnist_probe" / "main"
     classifier = torch.load(run / "classifier.pth", weights_only=True)
     assert classifier["weight"].shape == (10, 64) and classifier["bias"].shape == (10,)
-    assert 0.0 < json.loads((run / "results.json").read_text())["test"]["test/acc"] <= 1.0
+    test = json.loads((run / "results.json").read_text())["test"]
+    assert 0.0 < test["test/acc"] <= 1.0 and test["test/l2"] in (pytest.approx(1e-3), pytest.approx(1e-4))
+    metrics = (run / "metrics.csv").read_text()
+    assert "train/l2" in metrics and "val/acc" in metrics
 
 
 def probe_cli_error(repo_root: Path, tmp_path: Path, *overrides: str) -> str:

@@ -64,15 +64,21 @@ class ProbedAutoencoder(nn.Module):
 
 def probe_encode_k(probe_run: str | Path) -> int | None:
     """The ``encode_k`` the probe in ``probe_run`` was trained with, from the ``config.yaml`` that
-    ``train.py`` writes there; ``None`` (the encoder's own k) when it is not set."""
+    ``train.py`` writes there (``None``: the encoder's own k). A missing or unreadable config, or
+    one without ``model.init_args.encode_k``, is a one-line ``UserError``: guessing the k would
+    explain codes the classifier never read."""
     config = Path(probe_run) / "config.yaml"
-    if not config.is_file():
-        return None
+    fix = "re-run the probe (python train.py --config configs/fashion_mnist/probe.yaml) or restore its config.yaml"
     try:
-        model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
+        loaded = yaml.safe_load(config.read_text())
+    except OSError:
+        raise UserError(f"cannot read the probe's config '{config}' (needed for its encode_k); {fix}") from None
     except yaml.YAMLError:
-        raise UserError(f"'{config}' is not valid YAML; re-run the probe or restore its config.yaml") from None
-    value = (model.get("init_args") or {}).get("encode_k")
+        raise UserError(f"'{config}' is not valid YAML; {fix}") from None
+    init_args = ((loaded or {}).get("model") or {}).get("init_args") if isinstance(loaded, dict) else None
+    if not isinstance(init_args, dict) or "encode_k" not in init_args:
+        raise UserError(f"'{config}' has no model.init_args.encode_k (not a LinearProbe run?); {fix}")
+    value = init_args["encode_k"]
     return None if value is None else int(value)
 
 

@@ -117,14 +117,14 @@ def ablation_figure(result: dict) -> Figure:
     for ax, (key, label, top_value, random_value) in zip(axes, panels):
         ax.bar(x - 0.2, [top_value(e, key) for e in per_class], 0.4, label="top units")
         ax.bar(x + 0.2, [random_value(e, key) for e in per_class], 0.4,
-               yerr=[e["random"][f"{key}_std"] for e in per_class], label="random units", capsize=2)
+               yerr=[e["random"][f"{key}_std"] for e in per_class], label="matched random units", capsize=2)
         ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
         ax.set_title(label, fontsize=9)
         ax.axhline(0, color="black", linewidth=0.5)
     axes[0].legend(fontsize=7)
     m = result["units_per_class"]
-    fig.suptitle(f"Zeroing the {m} most important units of class c vs {m} random firing units "
-                 f"({len(result['seeds'])} seeds)", fontsize=9)
+    fig.suptitle(f"Zeroing the {m} most important units of class c vs {m} random units matched on "
+                 f"firing strength ({len(result['seeds'])} draws)", fontsize=9)
     return fig
 
 
