@@ -35,6 +35,7 @@ fashion-study: ksae-study universality-study explorer
 KSAE := $(RUNS)/fashion_mnist_ksae/main/results.json
 PROBE := $(RUNS)/fashion_mnist_probe/main/results.json
 PIXELS := $(RUNS)/fashion_mnist_probe_pixels/main/results.json
+PROBE_AK := $(RUNS)/fashion_mnist_probe_alphak/main/results.json
 KSAE_REPORT := $(RUNS)/fashion_mnist_ksae/main/report/results.json
 ksae-study: $(KSAE_REPORT)
 
@@ -47,7 +48,10 @@ $(PROBE): $(FM)/probe.yaml $(KSAE)
 $(PIXELS): $(FM)/probe.yaml $(FM)/probe_pixels.yaml
 	$(call banner,linear probe on raw pixels (baseline))
 	$(STAGE) --config $(FM)/probe.yaml --config $(FM)/probe_pixels.yaml
-$(KSAE_REPORT): $(FM)/analysis.yaml $(PROBE) $(PIXELS)
+$(PROBE_AK): $(FM)/probe.yaml $(FM)/probe_alphak.yaml $(KSAE)
+	$(call banner,linear probe on the alpha-k codes (second row))
+	$(STAGE) --after=$(KSAE) --config $(FM)/probe.yaml --config $(FM)/probe_alphak.yaml
+$(KSAE_REPORT): $(FM)/analysis.yaml $(PROBE) $(PIXELS) $(PROBE_AK)
 	$(call banner,k-sparse analysis report)
 	$(PYTHON) analyze.py --config $(FM)/analysis.yaml
 

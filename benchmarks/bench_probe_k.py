@@ -124,6 +124,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_probe_k"), help="folder for the results")
     p.add_argument("--quick", action="store_true", help="2,048 training images, Adam 2 epochs (a smoke test)")
     args = p.parse_args(argv)
+    print(detect().line(), flush=True)
     if args.quick:
         args.train_subset, args.max_epochs = args.train_subset or 2048, 2
     if args.threads:

@@ -1,4 +1,4 @@
-"""The activation cache: alignment, reuse, invalidation, corruption and crash recovery (issue 4)."""
+"""The activation cache: alignment, reuse, invalidation, corruption and crash recovery."""
 
 from __future__ import annotations
 

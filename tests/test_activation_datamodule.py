@@ -1,4 +1,4 @@
-"""ActivationDataModule: dict batches, seeded order, helpers, YAML configs and bad input (issue 4)."""
+"""ActivationDataModule: dict batches, seeded order, helpers, YAML configs and bad input."""
 
 from __future__ import annotations
 

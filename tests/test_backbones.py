@@ -1,4 +1,4 @@
-"""Backbones: building by name, feature layers, checkpoints, fine-tuning and the configs (issue 4)."""
+"""Backbones: building by name, feature layers, checkpoints, fine-tuning and the configs."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from analysis.universality.feature_model import FeatureHead, L2Normalize, Latent
 from analysis.universality.feature_vis import (change_cosine, dominant_classes, magnitude_template, method_inputs,
                                                seed_images, ssim, to_unit)
 from common.errors import UserError, run_cli
-from components.topk_sae import TopKSAE
+from components.sparse_coder import SparseCoder, SparseCoderConfig
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def _tiny(channels: int = 1, seed: int = 0):
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     head = FeatureHead(net, L2Normalize())
-    sae = TopKSAE(16, 32, 4, pre_bias=True, seed=seed)
+    sae = SparseCoder(16, SparseCoderConfig(n_latents=32, k=4, pre_bias=True), seed=seed)
     with torch.no_grad():
         sae.b_dec.normal_(0, 0.05)
     return head, sae, LatentObjective(lambda x: (x.expand(-1, 3, -1, -1) - 0.5) / 0.25, head, sae)

@@ -1,5 +1,5 @@
 """Unit importance per class: ``importance[i, c] = |W[c, i]| · mean(z_i over images of class c)``
-(DESIGN.md), with ``W`` the linear probe's weight (C, n) and ``z`` the k-sparse codes (N, n)."""
+(docs/metrics.md), with ``W`` the linear probe's weight (C, n) and ``z`` the k-sparse codes (N, n)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 def sae_pre_activation(sae: nn.Module, x: Tensor, latents: Tensor) -> Tensor:
     """(B,) pre-TopK activation z_pre[b, latents[b]] = W_enc[f] · (x_b - b_dec) + b_enc[f], with gradient.
 
-    Uses the weights of the project's ``TopKSAE`` (only the B target rows, not all n); any other
+    Uses the weights of the project's ``SparseCoder`` (only the B target rows, not all n); any other
     SAE falls back to ``sae.encode(x)[0]`` (overcomplete's API), which must carry a gradient.
     """
     if all(hasattr(sae, a) for a in ("W_enc", "b_enc")):
@@ -35,7 +35,7 @@ class LatentObjective(nn.Module):
             channel repeat, mean/std), differentiable.
         features: backbone input -> (B, d) features exactly as cached (feature layer + normalisation),
             in eval mode.
-        sae: the backbone's SAE (``TopKSAE`` or overcomplete-compatible).
+        sae: the backbone's SAE (``SparseCoder`` or overcomplete-compatible).
     """
 
     def __init__(self, preprocess: Callable[[Tensor], Tensor], features: nn.Module, sae: nn.Module) -> None:

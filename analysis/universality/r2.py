@@ -1,6 +1,6 @@
 """Self and cross R² of an SAE system over a split, and the USAE-vs-independent table figure.
 
-R² (``shared/DESIGN.md``, computed by ``metrics.universality.R2Matrix``): 1 - Σ‖x - x̂‖² / Σ‖x - x̄‖²
+R² (``docs/metrics.md``, computed by ``metrics.universality.R2Matrix``): 1 - Σ‖x - x̂‖² / Σ‖x - x̄‖²
 with x̄ the per-dimension mean over the split, sums pooled over the split. Entry (i, j): model j's
 features decoded by decoder j from the codes of encoder i; diagonal = self, off-diagonal = cross.
 """
@@ -24,7 +24,7 @@ from metrics.universality import R2Matrix
 def decode_sparse(sae: nn.Module, codes: Tensor) -> Tensor:
     """``sae.decode(codes)`` for k-sparse (B, n) codes at ~B·k·d cost instead of B·n·d.
 
-    The decoder is linear, x̂ = z D + b (``shared/DESIGN.md``): the non-zero codes pick rows of
+    The decoder is linear, x̂ = z D + b (``docs/metrics.md``): the non-zero codes pick rows of
     D = ``sae.get_dictionary()`` (``F.embedding_bag``), and b = ``sae.decode(0)``.
     """
     dictionary = sae.get_dictionary()
