@@ -13,30 +13,30 @@ M=--model.init_args
 
 declare -A ROWS=(
   # baseline: the previous defaults (lr 1e-4 constant, no AuxK, revive 1e-4, 4,096 latents)
-  [base]="$M.lr 0.0001 $M.lr_schedule constant $M.warmup_steps 0 $M.aux_k 0 $M.pre_bias false $M.revive_bias_step 0.0001 $M.dead_window 4096"
+  [base]="$M.lr 0.0001 $M.lr_schedule constant $M.warmup_steps 0 $M.sae.aux_k 0 $M.sae.pre_bias false $M.sae.revive_bias_step 0.0001 $M.sae.dead_window 4096"
   # learning rate for the 280-step budget, warm-up + cosine, pre-bias (data mean), AuxK on dead latents
   # the cached features are nearly low-rank (MobileNetV3: 95% of the variance in ~9 principal
   # components; ResNet50: 80% in ~12), so a small dictionary is the lever for rare latents;
   # 6 epochs (120 steps), lr 1e-3 warm-up + cosine, pre-bias, AuxK 256 on latents silent for 4 batches
-  [e6_n512_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.n_latents 512 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.pre_bias true $M.aux_k 256 $M.dead_window 4096 $M.revive_bias_step 0.0003"
-  [e6_n512_lr1e-3_auxk_norevive]="--trainer.max_epochs 6 $M.n_latents 512 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.pre_bias true $M.aux_k 256 $M.dead_window 4096 $M.revive_bias_step 0.0"
-  [e6_n1024_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.n_latents 1024 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.pre_bias true $M.aux_k 256 $M.dead_window 4096 $M.revive_bias_step 0.0003"
+  [e6_n512_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.sae.n_latents 512 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003"
+  [e6_n512_lr1e-3_auxk_norevive]="--trainer.max_epochs 6 $M.sae.n_latents 512 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0"
+  [e6_n1024_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.sae.n_latents 1024 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003"
   # short budget: 6 epochs (120 steps), 2,048 latents, lr 1e-3 warm-up + cosine, pre-bias, AuxK 256 on
   # latents silent for 4 batches, revive step 3e-4
-  [e6_n2048_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.n_latents 2048 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.pre_bias true $M.aux_k 256 $M.dead_window 4096 $M.revive_bias_step 0.0003"
-  [e6_n2048_lr1e-3_auxk_norevive]="--trainer.max_epochs 6 $M.n_latents 2048 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.pre_bias true $M.aux_k 256 $M.dead_window 4096 $M.revive_bias_step 0.0"
+  [e6_n2048_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.sae.n_latents 2048 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003"
+  [e6_n2048_lr1e-3_auxk_norevive]="--trainer.max_epochs 6 $M.sae.n_latents 2048 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0"
   # 2,048 latents for a 20k-image demo, lr 7e-4 warm-up + cosine, pre-bias (data mean), AuxK 256 on
   # latents silent for 4 batches, revive step 3e-4; the same 280 steps (batch 1024, 14 epochs)
-  [n2048_lr7e-4_auxk_rev3e-4]="$M.n_latents 2048 $M.lr 0.0007 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 256 $M.dead_window 4096 $M.revive_bias_step 0.0003"
-  [n2048_lr7e-4_auxk_norevive]="$M.n_latents 2048 $M.lr 0.0007 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 256 $M.dead_window 4096 $M.revive_bias_step 0.0"
+  [n2048_lr7e-4_auxk_rev3e-4]="$M.sae.n_latents 2048 $M.lr 0.0007 $M.lr_schedule cosine $M.warmup_steps 20 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003"
+  [n2048_lr7e-4_auxk_norevive]="$M.sae.n_latents 2048 $M.lr 0.0007 $M.lr_schedule cosine $M.warmup_steps 20 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0"
   # 2,048 latents for a 20k-image demo, batch 512 (560 steps), lr 5e-4 warm-up + cosine, pre-bias, AuxK
-  [n2048_b512_lr5e-4_auxk]="$M.n_latents 2048 --data.init_args.batch_size 512 $M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 28 $M.pre_bias true $M.aux_k 256 $M.dead_window 4096 $M.revive_bias_step 0.0001"
-  [n2048_b512_lr5e-4_auxk_norevive]="$M.n_latents 2048 --data.init_args.batch_size 512 $M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 28 $M.pre_bias true $M.aux_k 256 $M.dead_window 4096 $M.revive_bias_step 0.0"
-  [lr5e-4_auxk]="$M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 256 $M.dead_window 20480 $M.revive_bias_step 0.0001"
-  [lr5e-4_auxk_n2048]="$M.n_latents 2048 $M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 256 $M.dead_window 20480 $M.revive_bias_step 0.0001"
-  [lr1e-3_auxk]="$M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 512 $M.dead_window 10240 $M.revive_bias_step 0.0001"
-  [lr5e-4_auxk_norevive]="$M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias true $M.aux_k 256 $M.dead_window 20480 $M.revive_bias_step 0.0"
-  [lr5e-4_nopre]="$M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.pre_bias false $M.aux_k 256 $M.dead_window 20480 $M.revive_bias_step 0.0001"
+  [n2048_b512_lr5e-4_auxk]="$M.sae.n_latents 2048 --data.init_args.batch_size 512 $M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 28 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0001"
+  [n2048_b512_lr5e-4_auxk_norevive]="$M.sae.n_latents 2048 --data.init_args.batch_size 512 $M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 28 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0"
+  [lr5e-4_auxk]="$M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 20480 $M.sae.revive_bias_step 0.0001"
+  [lr5e-4_auxk_n2048]="$M.sae.n_latents 2048 $M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 20480 $M.sae.revive_bias_step 0.0001"
+  [lr1e-3_auxk]="$M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 20 $M.sae.pre_bias true $M.sae.aux_k 512 $M.sae.dead_window 10240 $M.sae.revive_bias_step 0.0001"
+  [lr5e-4_auxk_norevive]="$M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 20480 $M.sae.revive_bias_step 0.0"
+  [lr5e-4_nopre]="$M.lr 0.0005 $M.lr_schedule cosine $M.warmup_steps 20 $M.sae.pre_bias false $M.sae.aux_k 256 $M.sae.dead_window 20480 $M.sae.revive_bias_step 0.0001"
 )
 
 if [[ "${1:-list}" == list ]]; then

@@ -353,6 +353,7 @@ def ksparse_runs(tmp_path_factory, fashion_data_dir):
     torch.save(net.encoder.state_dict(), root / "ksae" / "encoder.pth")
     torch.save(net.decoder.state_dict(), root / "ksae" / "decoder.pth")
     torch.save(classifier.state_dict(), root / "probe" / "classifier.pth")
+    (root / "probe" / "config.yaml").write_text("model:\n  init_args:\n    encode_k: null\n")  # as train.py writes it
     return {"ksae": root / "ksae", "probe": root / "probe", "data": data}
 
 

@@ -20,11 +20,8 @@ from components.sparse_coder import SparseCoder, SparseCoderConfig
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+def _one_thread(one_thread):
+    """Tiny tensors: extra threads only fight other processes on 2 cores."""
 
 
 def _tiny(channels: int = 1, seed: int = 0):

@@ -168,7 +168,7 @@ def test_every_benchmark_prints_the_machine_line(repo_root):
 
 
 def test_benchmark_first_line_is_the_machine(repo_root):
-    from conftest import run_script
+    from helpers.runs import run_script
 
     done = run_script(repo_root, "benchmarks/bench_extraction.py", "--images", "4", "--image-size", "32",
                       "--arch", "mobilenet_v3_large",

@@ -17,11 +17,8 @@ S = 90  # samples
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+def _one_thread(one_thread):
+    """Tiny tensors: extra threads only fight other processes on 2 cores."""
 
 
 def _data(seed=0):

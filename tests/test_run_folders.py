@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import KSAE_CONFIG, ROOT, only_error_line, tiny_ksae_args, train_in_process, tree_state
+from helpers.runs import KSAE_CONFIG, ROOT, only_error_line, tiny_ksae_args, train_in_process, tree_state
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, str]]:

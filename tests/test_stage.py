@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_ksae_args, tree_state
+from helpers.runs import tiny_ksae_args, tree_state
 from scripts import stage
 
 

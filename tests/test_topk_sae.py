@@ -19,11 +19,8 @@ D, N, K, B = 24, 64, 5, 32
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared 2-core box
-    yield
-    torch.set_num_threads(prev)
+def _one_thread(one_thread):
+    """Tiny tensors: extra threads only fight other processes on 2 cores."""
 
 
 def cfg(n=N, k=K, **options) -> SparseCoderConfig:

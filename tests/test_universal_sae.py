@@ -32,11 +32,8 @@ SMALL = small()
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: extra threads only fight other processes on 2 cores
-    yield
-    torch.set_num_threads(prev)
+def _one_thread(one_thread):
+    """Tiny tensors: extra threads only fight other processes on 2 cores."""
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,8 @@ from lightning_modules.universal_sae import UniversalSAE
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only fight other processes on 2 cores
-    yield
-    torch.set_num_threads(prev)
+def _one_thread(one_thread):
+    """Tiny tensors: extra threads only fight other processes on 2 cores."""
 
 
 def _codes(arrays: dict[str, np.ndarray], pre: dict[str, np.ndarray] | None = None) -> SplitCodes:
