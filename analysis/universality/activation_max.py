@@ -76,7 +76,7 @@ class ActMaxSettings:
     penalty: weight of horama's pull to the seed, the mean squared pixel difference (>= 0).
     """
 
-    method: Method = "fourier"
+    method: Method = "maco"
     steps: int = 500
     lr: float | None = None
     jitter: int = 1
