@@ -26,6 +26,7 @@ from analysis.explorer.sprites import SpriteBook, to_uint8_hwc
 from analysis.explorer.wandb_export import log_index_table
 from analysis.universality import inputs
 from analysis.universality.activation_max import ActMaxSettings, maximize_latents
+from analysis.universality.feature_vis import magnitude_template
 from analysis.universality.codes import extract_codes, saes_of
 from analysis.universality.codes_file import load_sparse_codes
 from analysis.universality.feature_model import LatentObjective, frozen
@@ -238,12 +239,18 @@ class ConceptExplorer(Analysis):
         shape = inputs.input_shape(dm, data.images)
         preprocess = inputs.preprocess_fn(dm)
         saes = saes_of(usae)
+        method = self.act_max.settings.method
+        if method == "accentuation":
+            raise UserError("the explorer computes fourier, pixel or maco images; accentuation needs the "
+                            "report's seed images: set act_max.settings.method to maco, or act_max.budget 0 "
+                            "and reuse the report's images")
+        kwargs = {"magnitude": magnitude_template(data.images, shape)} if method == "maco" else {}
         for m, name in enumerate(names):
             head = inputs.feature_head(dm, name).to(self.device)
             sae = saes[name].to(self.device)
             with frozen(head, sae):
                 res = maximize_latents(LatentObjective(preprocess, head, sae), todo, shape, self.act_max.settings,
-                                       keys=[(m, f) for f in todo], device=self.device)
+                                       keys=[(m, f) for f in todo], device=self.device, **kwargs)
             sae.cpu()
             for i, f in enumerate(todo):
                 out[(name, f)] = (res.images[i].numpy(), f"pre-activation {float(res.start[i]):.2f} → "
