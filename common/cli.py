@@ -16,10 +16,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from common.auto_options import AutoTrainer, trainer_kwargs
-from common.rng_state import RNGStateInCheckpoint
 from common.checkpoint_io import AtomicCheckpointIO
 from common.errors import UserError, find_user_error
 from common.finite_guard import FiniteGuard
+from common.rng_state import RNGStateInCheckpoint
 from common.run_options import RunOptions, WandbOptions, build_loggers
 from common.validate import check_trainer_options
 
@@ -189,7 +189,3 @@ def check_config_files(args: list[str] | None = None) -> None:
         except OSError as err:
             raise UserError(f"config file '{path}' cannot be read ({err.strerror})") from None
 
-
-def argv() -> list[str]:
-    """The command-line arguments after the program name."""
-    return sys.argv[1:]
