@@ -7,33 +7,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from analysis.universality.activation_max import (ActMaxSettings, color_matrix, job_generator, maco_phase_init,
                                                   maximize_latents, rms_distance)
 from analysis.universality.codes import SplitCodes
-from analysis.universality.feature_model import FeatureHead, L2Normalize, LatentObjective, frozen
+from analysis.universality.feature_model import frozen
 from analysis.universality.feature_vis import (change_cosine, dominant_classes, magnitude_template, method_inputs,
                                                seed_images, ssim, to_unit)
 from common.errors import UserError, run_cli
-from components.sparse_coder import SparseCoder, SparseCoderConfig
+from helpers.tiny_objective import tiny_objective
 
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Tiny tensors: extra threads only fight other processes on 2 cores."""
-
-
-def _tiny(channels: int = 1, seed: int = 0):
-    """A 2-conv backbone → L2 → TopK SAE (32 latents); images of ``channels`` channels in [0, 1]."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    head = FeatureHead(net, L2Normalize())
-    sae = SparseCoder(16, SparseCoderConfig(n_latents=32, k=4, pre_bias=True), seed=seed)
-    with torch.no_grad():
-        sae.b_dec.normal_(0, 0.05)
-    return head, sae, LatentObjective(lambda x: (x.expand(-1, 3, -1, -1) - 0.5) / 0.25, head, sae)
 
 
 def _seeds(n: int, shape, seed: int = 1) -> torch.Tensor:
@@ -58,7 +45,7 @@ def _kwargs(method: str, shape=SHAPE, n=len(LATENTS)):
 
 @pytest.mark.parametrize("method,lr", [("fourier", 0.5), ("pixel", 0.1), ("maco", 0.2), ("accentuation", 0.5)])
 def test_each_method_raises_its_latent_and_batching_changes_nothing(method, lr):
-    head, sae, objective = _tiny()
+    head, sae, objective = tiny_objective()
     keys = [(0, f) for f in LATENTS]
     plain = ActMaxSettings(method=method, steps=30, lr=lr, jitter=0, batch_size=8, seed=3, distance_budget=0.5,
                            penalty=0.0)
@@ -83,7 +70,7 @@ def test_each_method_raises_its_latent_and_batching_changes_nothing(method, lr):
 
 
 def test_accentuation_starts_at_the_seed_and_stays_within_its_budget():
-    head, sae, objective = _tiny()
+    head, sae, objective = tiny_objective()
     seeds = _seeds(len(LATENTS), SHAPE)
     loose = ActMaxSettings(method="accentuation", steps=40, lr=1.0, jitter=0, penalty=0.0, distance_budget=10.0)
     tight = ActMaxSettings(**{**loose.__dict__, "distance_budget": 0.03})
@@ -114,7 +101,7 @@ def test_batched_methods_match_horama_on_a_few_latents(method, monkeypatch):
     # 15): compare early.
     shape, latents, lr = (3, 12, 12), [2, 7, 19], 0.3
     steps = 15 if method == "maco" else 6
-    head, sae, objective = _tiny(channels=3)
+    head, sae, objective = tiny_objective()
     settings = ActMaxSettings(method=method, steps=steps, lr=lr, jitter=0, batch_size=8, seed=5, penalty=0.7,
                               distance_budget=10.0)
     kwargs = _kwargs(method, shape, len(latents))

@@ -22,6 +22,7 @@ from analysis.universality.selection import check_latents, select_latents
 from analysis.universality.stats import feature_statistics
 from analysis.universality.top_images import top_activating
 from common.errors import UserError
+from helpers.tiny_objective import tiny_objective
 from components.sparse_coder import SparseCoder, SparseCoderConfig
 from lightning_modules.universal_sae import UniversalSAE
 
@@ -205,19 +206,8 @@ def test_empty_split_and_unaligned_rows_are_user_errors():
 
 
 # ----- activation maximisation ------------------------------------------------------------------------
-def _tiny_objective(seed=0):
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    head = FeatureHead(net, L2Normalize())
-    sae = SparseCoder(16, SparseCoderConfig(n_latents=32, k=4, pre_bias=True), seed=seed)
-    with torch.no_grad():
-        sae.b_dec.normal_(0, 0.05)
-    return head, sae, LatentObjective(lambda x: (x.expand(-1, 3, -1, -1) - 0.5) / 0.25, head, sae)
-
-
 def test_pre_activation_of_the_target_equals_the_encoder():
-    _, sae, _ = _tiny_objective()
+    _, sae, _ = tiny_objective()
     x = torch.randn(5, 16)
     latents = torch.tensor([0, 3, 3, 31, 7])
     expect = sae.encode(x)[0].gather(1, latents.view(-1, 1)).squeeze(1)
@@ -226,7 +216,7 @@ def test_pre_activation_of_the_target_equals_the_encoder():
 
 @pytest.mark.parametrize("kind,lr", [("pixel", 0.05), ("fourier", 0.5)])
 def test_activation_max_raises_the_target_and_batching_changes_nothing(kind, lr):
-    head, sae, objective = _tiny_objective()
+    head, sae, objective = tiny_objective()
     latents = [0, 5, 5, 9, 30]
     keys = [(0, f) for f in latents]
     plain = ActMaxSettings(steps=25, lr=lr, method=kind, jitter=0, scale_jitter=0.0, batch_size=8, seed=3)
