@@ -137,4 +137,4 @@ gpu-check:  # no setup: the GPU machine may be offline (install requirements.txt
 
 # docs/results.md (+ docs/figures/) from the run folders; no number in it is typed by hand
 results:
-	$(PYTHON) scripts/make_results.py
+	$(PYTHON) scripts/make_results.py --readme README.md

@@ -1,12 +1,14 @@
 """Write ``docs/results.md`` (and the figures it cites, ``docs/figures/``) from the run folders.
 
-    make results                       # = python scripts/make_results.py
+    make results                       # = python scripts/make_results.py --readme README.md
     python scripts/make_results.py --runs runs --docs docs
 
 No number in the document is typed by hand: every table is read from run artifacts
 (``splits.json`` of ``scripts/eval_sae_splits.py``, ``universality_report/report.json``,
 ``results.json``, ``config.yaml``) and says which machine and command produced it. A section whose
-runs are missing is written as a one-line note saying which command makes them.
+runs are missing is written as a one-line note saying which command makes them. With ``--readme``,
+the short headline table (``readme_headline``) replaces the text between the README's
+``<!-- headline:begin -->`` and ``<!-- headline:end -->`` markers.
 
 Sections are functions ``(Context) -> Section | None`` in the list ``SECTIONS``, written in that
 order. Add one with the ``@section`` decorator; a module of another study (e.g.
@@ -159,12 +161,18 @@ def run_levers(run: Path) -> dict[str, Any]:
     data = (cfg.get("data") or {}).get("init_args") or {}
     images = ((data.get("images") or {}).get("init_args")) or {}
     trainer = cfg.get("trainer") or {}
-    return {"n_latents": model.get("n_latents"), "k": model.get("k"), "lr": model.get("lr"),
+    sae = model.get("sae") or {}
+
+    def coder(name: str) -> Any:  # the engine's options sit under model.init_args.sae
+        return sae.get(name, model.get(name))
+
+    return {"n_latents": coder("n_latents"), "k": coder("k"), "lr": model.get("lr"),
             "schedule": f"{model.get('lr_schedule')}/{model.get('warmup_steps')}",
             "batch": data.get("batch_size"), "epochs": trainer.get("max_epochs"),
-            "train_images": images.get("train_subset"), "pre_bias": model.get("pre_bias"),
-            "aux_k": model.get("aux_k"), "dead_window": model.get("dead_window"),
-            "revive": model.get("revive_bias_step"), "seed": cfg.get("seed_everything")}
+            "train_images": images.get("train_subset"), "pre_bias": coder("pre_bias"),
+            "aux_k": coder("aux_k"), "dead_window": coder("dead_window"),
+            "revive": coder("revive_bias_step"), "loss_norm": model.get("loss_normalisation", "mean"),
+            "seed": cfg.get("seed_everything")}
 
 
 def sweep_rows(runs: Path, experiment: str) -> list[dict]:
@@ -202,7 +210,8 @@ def choose(rows: list[dict]) -> int | None:
 
 # ----- universality sections -----------------------------------------------------------------------
 SYSTEMS = {"usae": ("fashion_mnist_usae", "USAE"), "independent": ("fashion_mnist_independent", "independent SAEs")}
-LEVERS = ["n_latents", "lr", "schedule", "batch", "epochs", "pre_bias", "aux_k", "dead_window", "revive", "seed"]
+LEVERS = ["n_latents", "lr", "schedule", "batch", "epochs", "pre_bias", "aux_k", "dead_window", "revive", "loss_norm",
+          "seed"]
 
 
 @section
@@ -322,6 +331,60 @@ def ctx_pattern(ctx: Context) -> str:
     return getattr(ctx, "headline_pattern", None) or ("seed*" if headline_reports(ctx.runs, "seed*") else "main")
 
 
+# ----- the README's headline table ------------------------------------------------------------------
+README_BEGIN, README_END = "<!-- headline:begin -->", "<!-- headline:end -->"
+README_ROWS = [("Universal SAE vs independent SAEs: self R²", "r2_self_mean", False),
+               ("cross R² (decode another model's latents)", "r2_cross_mean", False),
+               ("r, same latent index across models", "corr_same_index_mean", False),
+               ("rare latents (< 10 test images), worst model", "rare_worst", True)]
+
+
+def readme_headline(ctx: Context) -> str | None:
+    """The README's short table: the universality headline (mean ± std over seeds) and, if its
+    seed runs exist, the k-sparse one; ``None`` when no run is there to read."""
+    lines = []
+    paths = headline_reports(ctx.runs, ctx_pattern(ctx))
+    if paths:
+        reports = [read_json(p) for p in paths]
+        models = reports[0]["setup"]["models"]
+        for r in reports:
+            for system in ("usae", "independent"):
+                h = r["headline"][system]
+                h["rare_worst"] = max(h.get(f"rare_fraction/{m}", float("nan")) for m in models)
+        for label, key, percent in README_ROWS:
+            u = [r["headline"]["usae"].get(key) for r in reports]
+            i = [r["headline"]["independent"].get(key) for r in reports]
+            lines.append([label, pm(*mean_std(u), percent=percent), pm(*mean_std(i), percent=percent),
+                          f"{len(reports)} seeds"])
+    ksparse = sys.modules.get("scripts.results_ksparse")
+    rows = ksparse.seed_rows(ctx.runs) if ksparse is not None else []
+    if rows:
+        get = lambda key: [r[key] for r in rows if r.get(key) is not None]  # noqa: E731
+        for label, key, scale, digits in (("k-sparse AE: linear probe on the k = 50 codes, test acc. %", "probe", 100, 2),
+                                          ("k-sparse AE: probe on the αk codes (second row), test acc. %", "alphak", 100, 2),
+                                          ("k-sparse AE: test MSE per pixel", "mse", 1, 5)):
+            values = get(key)
+            if values:
+                mean, std = mean_std([scale * v for v in values])
+                spread = f" ± {std:.{digits}f}" if math.isfinite(std) else ""
+                lines.append([label, f"{mean:.{digits}f}{spread}", "", f"{len(values)} seeds"])
+    if not lines:
+        return None
+    return "\n".join([md_table(["", "USAE", "independent SAEs", "runs"], lines), "",
+                      f"*Generated by `{ctx.command}` ({ctx.machine}); mean ± std over seeds, test split; "
+                      "details and every other table in [docs/results.md](docs/results.md).*"])
+
+
+def write_readme_headline(readme: Path, table: str) -> bool:
+    """Replace the text between the README's headline markers with ``table``; False without markers."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    atomic_write_text(readme, text[:start + len(README_BEGIN)] + "\n" + table + "\n" + text[end:])
+    return True
+
+
 # ----- the document --------------------------------------------------------------------------------
 def load_section_modules(names: Iterable[str]) -> None:
     for name in names:
@@ -348,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="a README whose headline markers get the short table (make results: README.md)")
     parser.add_argument("--headline", default=None,
                         help="run versions (glob) of the universality headline; default seed*, else main")
     args = parser.parse_args(argv)
@@ -362,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     args.docs.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.docs / "results.md", text)
     print(f"wrote {args.docs / 'results.md'} and {len(ctx.copied)} figure(s)")
+    table = readme_headline(ctx)
+    if table is not None and args.readme is not None and write_readme_headline(args.readme, table):
+        print(f"wrote the headline table into {args.readme}")
     return 0
 
 

@@ -20,6 +20,14 @@ declare -A ROWS=(
   # 6 epochs (120 steps), lr 1e-3 warm-up + cosine, pre-bias, AuxK 256 on latents silent for 4 batches
   [e6_n512_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.sae.n_latents 512 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003"
   [e6_n512_lr1e-3_auxk_norevive]="--trainer.max_epochs 6 $M.sae.n_latents 512 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0"
+  # fewer latents (the rare-latent lever on near-low-rank features), the same 6-epoch budget
+  [e6_n256_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.sae.n_latents 256 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 128 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003"
+  [e6_n256_lr1e-3_auxk_norevive]="--trainer.max_epochs 6 $M.sae.n_latents 256 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 128 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0"
+  [e6_n128_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.sae.n_latents 128 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 64 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003"
+  # loss normalisation (same budget as the 512-latent row): per-sample squared norms (the paper's
+  # form) and per-model variance (each model's term weighted equally per unit of relative error)
+  [e6_n512_lr1e-3_auxk_rev3e-4_sqnorm]="--trainer.max_epochs 6 $M.sae.n_latents 512 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003 $M.loss_normalisation squared_norm"
+  [e6_n512_lr1e-3_auxk_rev3e-4_pmv]="--trainer.max_epochs 6 $M.sae.n_latents 512 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003 $M.loss_normalisation per_model_variance"
   [e6_n1024_lr1e-3_auxk_rev3e-4]="--trainer.max_epochs 6 $M.sae.n_latents 1024 $M.lr 0.001 $M.lr_schedule cosine $M.warmup_steps 10 $M.sae.pre_bias true $M.sae.aux_k 256 $M.sae.dead_window 4096 $M.sae.revive_bias_step 0.0003"
   # short budget: 6 epochs (120 steps), 2,048 latents, lr 1e-3 warm-up + cosine, pre-bias, AuxK 256 on
   # latents silent for 4 batches, revive step 3e-4

@@ -117,3 +117,21 @@ def test_main_writes_the_document(tmp_path):
     assert "`x`" in text and "**chosen**" in text and "machine:" in text
     with pytest.raises(SystemExit):
         mr.main(["--no-such-option"])
+
+
+def test_readme_headline_is_written_between_the_markers_only(tmp_path):
+    runs = tmp_path / "runs"
+    for s, ru in enumerate((0.84, 0.86)):
+        _report(runs, f"seed{s}", _headline(ru, 0.05, 0.6), _headline(0.85, 0.07 + 0.02 * s, 0.05))
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nbefore\n<!-- headline:begin -->\nold table\n<!-- headline:end -->\nafter\n")
+    assert mr.main(["--runs", str(runs), "--docs", str(tmp_path / "docs"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Title\n\nbefore\n") and text.endswith("after\n")
+    r2 = next(line for line in text.splitlines() if "self R²" in line)
+    assert "0.850 ± 0.014" in r2 and "0.850 ± 0.000" in r2 and "2 seeds" in r2
+    rare = next(line for line in text.splitlines() if "rare latents" in line)
+    assert "5.0 ± 0.0%" in rare and "8.0 ± 1.4%" in rare  # the worst model, per system
+    no_markers = tmp_path / "OTHER.md"
+    no_markers.write_text("nothing to replace\n")
+    assert not mr.write_readme_headline(no_markers, "| x |") and no_markers.read_text() == "nothing to replace\n"
