@@ -58,7 +58,8 @@ case $system in
   independent) sae=(--config configs/sae/independent.yaml --config $FM/independent.yaml) ;;
   *) echo "error: system '$system' must be usae or independent" >&2; exit 2 ;;
 esac
-version=sweep_$row; [[ $seed == 0 ]] || version=${version}_seed$seed
+version=sweep_$row; [[ $row == base ]] && version=base  # the previous defaults (make results compares to it)
+[[ $seed == 0 ]] || version=${version}_seed$seed
 # shellcheck disable=SC2086
 exec $PYTHON train.py --config $FM/activations.yaml "${sae[@]}" --run.version "$version" \
   --seed_everything "$seed" $M.seed "$seed" --data.init_args.progress false ${ROWS[$row]}
