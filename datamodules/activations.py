@@ -22,7 +22,7 @@ from common.io import check_writable_dir
 from datamodules.image_datamodule import ImageDataModule, Split
 from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
 from features.activation_cache import (SPLITS, ActivationCache, EntryStatus, FeatureNormalizer,
-                                       Normalization, Rebuild, json_safe, sha256_file, tensor_sha256)
+                                       Normalization, Rebuild, manifest_json, sha256_file, tensor_sha256)
 from features.extractor import (FeatureExtractor, Precision, extract_features, resolve_device,
                                 resolve_precision)
 from components.backbones import (build_backbone, check_arch, check_layer,
@@ -184,7 +184,7 @@ class ActivationDataModule(L.LightningDataModule):
             weights = {"checkpoint_sha256": self._checkpoint_sha256(spec.checkpoint)}
         else:
             weights = {"pretrained": str(pretrained_weights(spec.arch, spec.pretrained))}
-        return json_safe({
+        return manifest_json({
             "arch": spec.arch, "layer": self._layer(spec), "num_classes": self._num_classes(spec),
             "weights": weights,
             "dataset": f"{type(self.images).__module__}.{type(self.images).__qualname__}",
@@ -231,7 +231,7 @@ class ActivationDataModule(L.LightningDataModule):
         self.images.setup()
         images_sha = {s: tensor_sha256(*self.images.split(s)) for s in SPLITS}
         rows = {s: len(self.images.split(s)[1]) for s in SPLITS}
-        info = {"dataset_hparams": json_safe(dict(getattr(self.images, "hparams", {}))),
+        info = {"dataset_hparams": manifest_json(dict(getattr(self.images, "hparams", {}))),
                 "extract_batch_size": self.extract_batch_size, "compile": self.compile,
                 "device": str(resolve_device(self.device))}
         statuses, loaded = [], {}
