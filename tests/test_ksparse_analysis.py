@@ -309,7 +309,7 @@ def test_artifacts_load_with_weights_only(runs):
 def test_figures_go_to_wandb_offline(runs, repo_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = study(repo_root, runs, tmp_path / "report", wandb=WandbOptions(enabled=True, mode="offline")).run()
-    logged = list((out / "wandb").glob("offline-run-*/files/media/images/figures/*.png"))
+    logged = list((out.parent / "wandb").glob("**/offline-run-*/files/media/images/figures/*.png"))
     assert len(logged) == 6
 
 

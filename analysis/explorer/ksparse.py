@@ -225,6 +225,6 @@ class KSparseExplorer(Analysis):
         print(f"[explorer] {self.output_dir / 'index.html'}: {len(rows)} units, {size / 1e6:.1f} MB, {total:.1f} s",
               flush=True)
         if self.wandb.enabled:
-            log_index_table(self.wandb, f"explorer/{self.ksae_run.name}-ksparse", self.output_dir.parent / "wandb",
+            log_index_table(self.wandb, f"explorer/{self.ksae_run.name}-ksparse", self.output_dir,
                             columns, rows, {"images": images, "atoms": atoms}, self.wandb_rows)
         return self.output_dir

@@ -206,7 +206,7 @@ class ConceptExplorer(Analysis):
         print(f"[explorer] {self.output_dir / 'index.html'}: {len(shown)} latents, {size / 1e6:.1f} MB, "
               f"{self.timings['total']:.1f} s", flush=True)
         if self.wandb.enabled:
-            log_index_table(self.wandb, f"explorer/{self.output_dir.parent.name}", self.output_dir.parent / "wandb",
+            log_index_table(self.wandb, f"explorer/{self.output_dir.parent.name}", self.output_dir,
                             meta["columns"], rows, books, self.wandb_rows)
         return self.output_dir
 

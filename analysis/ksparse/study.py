@@ -19,6 +19,7 @@ from analysis.ksparse.ablation import RANKINGS, ablation_study, decoder_side_abl
 from analysis.ksparse.artifacts import ProbedAutoencoder, load_probed_autoencoder
 from analysis.ksparse.attribution import feature_overlay, occlusion_map
 from analysis.ksparse.importance import class_mean_codes, top_units
+from analysis.wandb_run import log_analysis
 from common.errors import UserError
 from components.ksparse import read_state_dict
 from common.io import atomic_write_json, atomic_write_text, check_writable_dir
@@ -242,19 +243,12 @@ class KSparseStudy(Analysis):
         return [self.ksae_run, self.probe_run, self.pixel_probe_run, getattr(self.data, "data_dir", None)]
 
     def _log_wandb(self, numbers: dict, paths: dict[str, str]) -> None:
-        import wandb
-
-        run = wandb.init(project=self.wandb.project, entity=self.wandb.entity, mode=self.wandb.mode,
-                         tags=self.wandb.tags, dir=str(self.output_dir), job_type="analysis",
-                         name=f"ksparse-study/{self.ksae_run.name}")
-        try:
-            run.log({f"figures/{name}": wandb.Image(str(self.output_dir / path)) for name, path in paths.items()})
-            run.summary.update({"mse_per_pixel": numbers["reconstruction"]["mse_per_pixel"],
-                                "dead_units": numbers["reconstruction"]["dead_units"],
-                                "probe_accuracy": numbers["probe"]["accuracy"],
-                                **{f"ablation/{k}": v for k, v in numbers["ablation"]["summary"].items()}})
-        finally:
-            run.finish()
+        log_analysis(self.wandb, f"ksparse-study/{self.ksae_run.name}", self.output_dir, "analysis",
+                     figures={f"figures/{name}": self.output_dir / path for name, path in paths.items()},
+                     numbers={"mse_per_pixel": numbers["reconstruction"]["mse_per_pixel"],
+                              "dead_units": numbers["reconstruction"]["dead_units"],
+                              "probe_accuracy": numbers["probe"]["accuracy"],
+                              **{f"ablation/{k}": v for k, v in numbers["ablation"]["summary"].items()}})
 
 
 def _summary_lines(numbers: dict) -> list[str]:

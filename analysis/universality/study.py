@@ -37,7 +37,7 @@ from analysis.universality.side_by_side import act_max_grid_figure, side_by_side
 from analysis.universality.stats import feature_statistics, frequency_figure, stats_figure
 from analysis.universality.summary import SYSTEMS, headline_numbers
 from analysis.universality.top_images import TopImages, top_activating, top_images_figure
-from analysis.universality.wandb_export import log_report
+from analysis.wandb_run import log_analysis
 from common.errors import UserError
 from common.run_options import WandbOptions
 
@@ -179,9 +179,9 @@ class UniversalityStudy(Analysis):
             (out / "index.html").write_text(build_html(report, rel), encoding="utf-8")
         print(f"[analysis] report: {self.output_dir / 'index.html'} ({self.timings['total']:.1f} s)", flush=True)
         if self.wandb.enabled:
-            log_report(self.wandb, f"universality/{self.output_dir.name}", self.output_dir.parent / "wandb",
-                       {k: self.output_dir / v for k, v in rel.items()}, wandb_tables(report),
-                       report["headline_flat"], report["config"])
+            log_analysis(self.wandb, f"universality/{self.output_dir.name}", self.output_dir, "analysis",
+                         {k: self.output_dir / v for k, v in rel.items()}, wandb_tables(report),
+                         report["headline_flat"], report["config"])
         return self.output_dir
 
     def _analyse(self, systems, dm, data, names, requested, figs: Path, fit_data=None):
