@@ -20,7 +20,7 @@ from common.errors import UserError
 from common.run_folder import check_path_component
 from common.io import check_writable_dir
 from datamodules.image_datamodule import ImageDataModule, Split
-from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
+from datamodules.in_memory import InMemoryTensorDataset, SplitLoaders, in_memory_loader
 from features.activation_cache import (SPLITS, ActivationCache, EntryStatus, FeatureNormalizer,
                                        Normalization, Rebuild, manifest_json, sha256_file, tensor_sha256)
 from features.extractor import (FeatureExtractor, Precision, extract_features, resolve_device,
@@ -68,7 +68,7 @@ class DictTensorDataset(InMemoryTensorDataset):
         return dict(zip(self.names, super().__getitems__(indices)))
 
 
-class ActivationDataModule(L.LightningDataModule):
+class ActivationDataModule(SplitLoaders, L.LightningDataModule):
     """Features of every split of ``images`` for several backbones, extracted once into a cache.
 
     Batches are ``dict[str, Tensor]``: backbone name → ``(B, d_name)`` float32 features; row b of
@@ -267,18 +267,6 @@ class ActivationDataModule(L.LightningDataModule):
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
         return in_memory_loader(DictTensorDataset(self.split_features(split)), self.batch_size,
                                 shuffle=shuffle, seed=self.seed, drop_last=self.drop_last and shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
     # ---- helpers for analysis code -------------------------------------------------------------
 
