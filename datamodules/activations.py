@@ -20,9 +20,9 @@ from common.errors import UserError
 from common.run_folder import check_path_component
 from common.io import check_writable_dir
 from datamodules.image_datamodule import ImageDataModule, Split
-from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
+from datamodules.in_memory import InMemoryTensorDataset, SplitLoaders, in_memory_loader
 from features.activation_cache import (SPLITS, ActivationCache, EntryStatus, FeatureNormalizer,
-                                       Normalization, Rebuild, json_safe, sha256_file, tensor_sha256)
+                                       Normalization, Rebuild, manifest_json, sha256_file, tensor_sha256)
 from features.extractor import (FeatureExtractor, Precision, extract_features, resolve_device,
                                 resolve_precision)
 from components.backbones import (build_backbone, check_arch, check_layer,
@@ -68,7 +68,7 @@ class DictTensorDataset(InMemoryTensorDataset):
         return dict(zip(self.names, super().__getitems__(indices)))
 
 
-class ActivationDataModule(L.LightningDataModule):
+class ActivationDataModule(SplitLoaders, L.LightningDataModule):
     """Features of every split of ``images`` for several backbones, extracted once into a cache.
 
     Batches are ``dict[str, Tensor]``: backbone name → ``(B, d_name)`` float32 features; row b of
@@ -184,7 +184,7 @@ class ActivationDataModule(L.LightningDataModule):
             weights = {"checkpoint_sha256": self._checkpoint_sha256(spec.checkpoint)}
         else:
             weights = {"pretrained": str(pretrained_weights(spec.arch, spec.pretrained))}
-        return json_safe({
+        return manifest_json({
             "arch": spec.arch, "layer": self._layer(spec), "num_classes": self._num_classes(spec),
             "weights": weights,
             "dataset": f"{type(self.images).__module__}.{type(self.images).__qualname__}",
@@ -231,7 +231,7 @@ class ActivationDataModule(L.LightningDataModule):
         self.images.setup()
         images_sha = {s: tensor_sha256(*self.images.split(s)) for s in SPLITS}
         rows = {s: len(self.images.split(s)[1]) for s in SPLITS}
-        info = {"dataset_hparams": json_safe(dict(getattr(self.images, "hparams", {}))),
+        info = {"dataset_hparams": manifest_json(dict(getattr(self.images, "hparams", {}))),
                 "extract_batch_size": self.extract_batch_size, "compile": self.compile,
                 "device": str(resolve_device(self.device))}
         statuses, loaded = [], {}
@@ -267,18 +267,6 @@ class ActivationDataModule(L.LightningDataModule):
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
         return in_memory_loader(DictTensorDataset(self.split_features(split)), self.batch_size,
                                 shuffle=shuffle, seed=self.seed, drop_last=self.drop_last and shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
     # ---- helpers for analysis code -------------------------------------------------------------
 

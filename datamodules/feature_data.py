@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader
 
 from common.errors import UserError
 from datamodules.image_datamodule import ImageDataModule, Split
-from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
+from datamodules.in_memory import InMemoryTensorDataset, SplitLoaders, in_memory_loader
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
-class FeatureData(L.LightningDataModule):
+class FeatureData(SplitLoaders, L.LightningDataModule):
     """``(features, labels)`` loaders over the splits of an image datamodule, features computed once.
 
     The ``LinearProbe`` sets the featurizer (its frozen encoder, or flat pixels) in its ``setup``;
@@ -79,11 +79,3 @@ class FeatureData(L.LightningDataModule):
         return in_memory_loader(InMemoryTensorDataset(features, labels), batch_size,
                                 shuffle=shuffle and not self.full_batch, seed=self.seed)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

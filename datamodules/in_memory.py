@@ -67,3 +67,23 @@ def in_memory_loader(
     sampler = EpochSeededSampler(len(dataset), seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch,
                       drop_last=drop_last, num_workers=0)
+
+
+class SplitLoaders:
+    """Mixin (before ``LightningDataModule`` in the bases): the train, val, test and predict loaders from
+    the subclass's ``_loader(split, shuffle)``; train is shuffled, predict reads the test split."""
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

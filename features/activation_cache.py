@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from common.errors import UserError
 from common.io import atomic_path, atomic_write_json
+from common.json_safe import json_safe
 from common.safe_load import load_weights
 
 try:
@@ -259,7 +260,7 @@ class ActivationCache:
             torch.save(features, tmp)
             size, digest = tmp.stat().st_size, sha256_file(tmp)
         atomic_write_json(manifest_path, {
-            "format": FORMAT_VERSION, "key": key, "info": json_safe(info), "file": tensor_path.name,
+            "format": FORMAT_VERSION, "key": key, "info": manifest_json(info), "file": tensor_path.name,
             "rows": features.shape[0], "dim": features.shape[1], "shape": list(features.shape),
             "dtype": "float32", "bytes": size, "sha256": digest, "stats": stats,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -357,16 +358,7 @@ class ActivationCache:
         return FeatureNormalizer.from_manifest(manifest, f"'{self.paths(name, 'train')[1]}'")
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with tuples as lists and anything exotic as its ``repr`` (for manifests)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Tensor):
-        return value.detach().cpu().flatten().tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return repr(value)
+def manifest_json(value: Any) -> Any:
+    """``value`` as the cache writes it into keys and manifests: ``common.json_safe`` with tensors
+    flattened to 1-D (every existing key was written that way) and NaN/inf refused."""
+    return json_safe(value, flat=True)

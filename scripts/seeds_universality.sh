@@ -20,9 +20,9 @@ for s in "${seeds[@]}"; do
     $PYTHON scripts/eval_sae_splits.py "$run"
   done
   $PYTHON analyze.py --config $FM/analysis_universality.yaml \
-    --analysis.init_args.usae_checkpoint runs/fashion_mnist_usae/seed$s/checkpoints/last.ckpt \
-    --analysis.init_args.independent_checkpoint runs/fashion_mnist_independent/seed$s/checkpoints/last.ckpt \
-    --analysis.init_args.train_config runs/fashion_mnist_usae/seed$s/config.yaml \
+    --analysis.init_args.inputs.usae_checkpoint runs/fashion_mnist_usae/seed$s/checkpoints/last.ckpt \
+    --analysis.init_args.inputs.independent_checkpoint runs/fashion_mnist_independent/seed$s/checkpoints/last.ckpt \
+    --analysis.init_args.inputs.train_config runs/fashion_mnist_usae/seed$s/config.yaml \
     --analysis.init_args.output_dir runs/fashion_mnist_usae/seed$s/universality_report \
     --analysis.init_args.n_features 0 --analysis.init_args.seed "$s"
 done

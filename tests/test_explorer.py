@@ -165,11 +165,11 @@ def runs(tmp_path_factory):
 
 def explorer_args(runs: dict, out: Path, *extra: str) -> list[str]:
     return ["--analysis", "analysis.explorer.study.ConceptExplorer",
-            "--analysis.init_args.usae_checkpoint", str(runs["usae"] / "checkpoints" / "last.ckpt"),
-            "--analysis.init_args.independent_checkpoint", str(runs["independent"] / "checkpoints" / "last.ckpt"),
-            "--analysis.init_args.train_config", str(runs["usae"] / "config.yaml"),
-            "--analysis.init_args.output_dir", str(out), "--analysis.init_args.min_activations", "2",
-            "--analysis.init_args.n_top_images", "4", "--analysis.init_args.device", "cpu", *extra]
+            "--analysis.init_args.inputs.usae_checkpoint", str(runs["usae"] / "checkpoints" / "last.ckpt"),
+            "--analysis.init_args.inputs.independent_checkpoint", str(runs["independent"] / "checkpoints" / "last.ckpt"),
+            "--analysis.init_args.inputs.train_config", str(runs["usae"] / "config.yaml"),
+            "--analysis.init_args.output_dir", str(out), "--analysis.init_args.firing.min_activations", "2",
+            "--analysis.init_args.n_top_images", "4", "--analysis.init_args.inputs.device", "cpu", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -297,9 +297,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
 
     out = tmp_path / "explorer"
     extra = {
-        "no_checkpoint": ["--analysis.init_args.usae_checkpoint", str(tmp_path / "missing" / "last.ckpt")],
+        "no_checkpoint": ["--analysis.init_args.inputs.usae_checkpoint", str(tmp_path / "missing" / "last.ckpt")],
         "no_report": ["--analysis.init_args.report_dir", str(tmp_path)],
-        "other_cache": ["--analysis.init_args.train_config", str(_mismatched_config(runs, tmp_path))]
+        "other_cache": ["--analysis.init_args.inputs.train_config", str(_mismatched_config(runs, tmp_path))]
         if case == "other_cache" else [],
         "latent_out_of_range": ["--analysis.init_args.latents", f"[0, {N_LATENTS}]"],
     }[case]
@@ -381,13 +381,14 @@ def test_single_unit_ablation_equals_zeroing_the_unit():
 
 def test_ksparse_explorer_site_and_wandb_table(ksparse_runs, tmp_path, monkeypatch):
     from analysis.explorer.ksparse import KSparseExplorer
+    from analysis.options import KSparseInputs
     from common.run_options import WandbOptions
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
     out = tmp_path / "explorer"
-    KSparseExplorer(ksparse_runs["data"], str(ksparse_runs["ksae"]), str(ksparse_runs["probe"]), str(out),
-                    n_top_images=4, wandb=WandbOptions(enabled=True, mode="offline"), wandb_rows=5).run()
+    KSparseExplorer(KSparseInputs(ksparse_runs["data"], str(ksparse_runs["ksae"]), str(ksparse_runs["probe"])),
+                    str(out), n_top_images=4, wandb=WandbOptions(enabled=True, mode="offline"), wandb_rows=5).run()
     run_dir = list((tmp_path / "wandb").glob("**/offline-run-*"))
     assert len(run_dir) == 1
     tables = list(run_dir[0].glob("**/media/table/**/*.json"))
@@ -412,12 +413,13 @@ def test_ksparse_explorer_site_and_wandb_table(ksparse_runs, tmp_path, monkeypat
 
 def test_ksparse_explorer_bad_unit_and_missing_run(ksparse_runs, tmp_path):
     from analysis.explorer.ksparse import KSparseExplorer
+    from analysis.options import KSparseInputs
     from common.errors import UserError
 
     out = tmp_path / "explorer"
     with pytest.raises(UserError, match="64"):
-        KSparseExplorer(ksparse_runs["data"], str(ksparse_runs["ksae"]), str(ksparse_runs["probe"]), str(out),
-                        units=[64]).run()
+        KSparseExplorer(KSparseInputs(ksparse_runs["data"], str(ksparse_runs["ksae"]), str(ksparse_runs["probe"])),
+                        str(out), units=[64]).run()
     with pytest.raises(UserError, match="encoder.pth"):
-        KSparseExplorer(ksparse_runs["data"], str(tmp_path), str(ksparse_runs["probe"]), str(out)).run()
+        KSparseExplorer(KSparseInputs(ksparse_runs["data"], str(tmp_path), str(ksparse_runs["probe"])), str(out)).run()
     assert not out.exists()

@@ -203,8 +203,8 @@ def test_bad_options_through_analyze_are_one_line_and_exit_2(option, value, expe
     monkeypatch.setattr(logging.getLogger("lightning.fabric.utilities.seed"), "disabled", True)
     monkeypatch.chdir(tmp_path)
     args = ["--analysis", "analysis.universality.study.UniversalityStudy",
-            "--analysis.init_args.usae_checkpoint", "u.ckpt", "--analysis.init_args.independent_checkpoint", "i.ckpt",
-            "--analysis.init_args.train_config", "c.yaml", "--analysis.init_args.output_dir", str(tmp_path / "out"),
+            "--analysis.init_args.inputs.usae_checkpoint", "u.ckpt", "--analysis.init_args.inputs.independent_checkpoint", "i.ckpt",
+            "--analysis.init_args.inputs.train_config", "c.yaml", "--analysis.init_args.output_dir", str(tmp_path / "out"),
             f"--analysis.init_args.act_max.{option}", value]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: analyze.main(args))

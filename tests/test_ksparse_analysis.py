@@ -18,6 +18,7 @@ from analysis.ksparse import (ablation_study, check_image, class_mean_codes, dec
                               feature_overlay, importance, load_probed_autoencoder, matched_random_units,
                               occlusion_map, quantile_bins, ranking_scores, top_units)
 from analysis.ksparse.study import KSparseStudy
+from analysis.options import KSparseInputs
 from common.errors import UserError
 from common.run_options import WandbOptions
 from datamodules.fashion_mnist import FashionMNISTDataModule
@@ -94,7 +95,7 @@ def model(runs):
 
 
 def study(repo_root: Path, runs: tuple[Path, Path], out: Path, **overrides) -> KSparseStudy:
-    options = dict(data=tiny_data(repo_root), ksae_run=str(runs[0]), probe_run=str(runs[1]),
+    options = dict(inputs=KSparseInputs(tiny_data(repo_root), ksae_run=str(runs[0]), probe_run=str(runs[1])),
                    pixel_probe_run=None, output_dir=str(out), top_units=4, ablation_units=5,
                    ablation_seeds=3, overlay_top_k=3, occlusion_window=7, occlusion_stride=7)
     options.update(overrides)
@@ -309,13 +310,13 @@ def test_artifacts_load_with_weights_only(runs):
 def test_figures_go_to_wandb_offline(runs, repo_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = study(repo_root, runs, tmp_path / "report", wandb=WandbOptions(enabled=True, mode="offline")).run()
-    logged = list((out / "wandb").glob("offline-run-*/files/media/images/figures/*.png"))
+    logged = list((out.parent / "wandb").glob("**/offline-run-*/files/media/images/figures/*.png"))
     assert len(logged) == 6
 
 
 def test_analyze_entry_point_with_a_missing_run_is_one_line(repo_root, tmp_path):
     args = [sys.executable, "analyze.py", "--config", "configs/fashion_mnist/analysis.yaml",
-            "--analysis.init_args.ksae_run", str(tmp_path / "none"),
+            "--analysis.init_args.inputs.ksae_run", str(tmp_path / "none"),
             "--analysis.init_args.output_dir", str(tmp_path / "report")]
     done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -394,7 +394,7 @@ def test_analyze_output_dir_on_a_run_folder_is_refused(finished_run, tmp_path, c
         with pytest.raises(SystemExit) as exit_info:
             run_cli(lambda: analyze.main([
                 "--config", str(ROOT / "configs/fashion_mnist/analysis.yaml"),
-                "--analysis.init_args.ksae_run", str(run_dir), "--analysis.init_args.probe_run", str(run_dir),
+                "--analysis.init_args.inputs.ksae_run", str(run_dir), "--analysis.init_args.inputs.probe_run", str(run_dir),
                 "--analysis.init_args.pixel_probe_run", "null",
                 "--analysis.init_args.output_dir", str(output_dir)]))
         assert exit_info.value.code == 2
@@ -404,13 +404,14 @@ def test_analyze_output_dir_on_a_run_folder_is_refused(finished_run, tmp_path, c
 
 
 def test_universality_output_dir_holding_a_checkpoint_is_refused(finished_run):
+    from analysis.options import SaeInputs
     from analysis.universality.study import UniversalityStudy
     from common.errors import UserError
 
     run_dir, _ = finished_run
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     before = tree_state(run_dir)
-    study = UniversalityStudy(usae_checkpoint=str(checkpoint), independent_checkpoint=str(checkpoint),
+    study = UniversalityStudy(SaeInputs(usae_checkpoint=str(checkpoint), independent_checkpoint=str(checkpoint)),
                               output_dir=str(run_dir))
     with pytest.raises(UserError, match="holds an input of this analysis"):
         study.run()

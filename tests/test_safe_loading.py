@@ -179,7 +179,7 @@ def test_universality_analysis_command_line(tmp_path, marker, capsys, repo_root,
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: analyze.main([
             "--config", str(repo_root / "configs/fashion_mnist/analysis_universality.yaml"),
-            "--analysis.init_args.usae_checkpoint", str(path),
+            "--analysis.init_args.inputs.usae_checkpoint", str(path),
             "--analysis.init_args.output_dir", str(tmp_path / "report")]))
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]

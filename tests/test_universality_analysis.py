@@ -17,7 +17,7 @@ from analysis.universality.entropy import firing_entropy
 from analysis.universality.feature_model import FeatureHead, L2Normalize, LatentObjective, frozen, sae_pre_activation
 from analysis.universality.r2 import decode_sparse, r2_matrix
 from analysis.base import REPORT_MARKER
-from analysis.universality.report import atomic_dir, json_ready
+from analysis.universality.report import atomic_dir, write_json
 from analysis.universality.selection import check_latents, select_latents
 from analysis.universality.stats import feature_statistics
 from analysis.universality.top_images import top_activating
@@ -263,12 +263,13 @@ def test_atomic_dir_leaves_nothing_on_failure_and_keeps_the_old_report(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
 
 
-def test_json_ready_is_strict_json():
+def test_report_json_is_strict_json(tmp_path):
     import json
 
     obj = {"a": np.float32(np.nan), "b": np.arange(3), "c": torch.tensor([1.5, float("inf")]), "d": np.bool_(True)}
-    assert json.loads(json.dumps(json_ready(obj), allow_nan=False)) == {"a": None, "b": [0, 1, 2],
-                                                                         "c": [1.5, None], "d": True}
+    write_json(tmp_path / "report.json", obj)
+    assert json.loads((tmp_path / "report.json").read_text()) == {"a": None, "b": [0, 1, 2],
+                                                                  "c": [1.5, None], "d": True}
 
 
 # ----- both dead definitions, one latent set per row, fit on one split and score on another ----------

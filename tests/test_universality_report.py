@@ -108,11 +108,11 @@ def runs(tmp_path_factory):
 
 def analysis_args(runs: dict, out: Path, *extra: str) -> list[str]:
     return ["--analysis", "analysis.universality.study.UniversalityStudy",
-            "--analysis.init_args.usae_checkpoint", str(runs["usae"] / "checkpoints" / "last.ckpt"),
-            "--analysis.init_args.independent_checkpoint", str(runs["independent"] / "checkpoints" / "last.ckpt"),
-            "--analysis.init_args.train_config", str(runs["usae"] / "config.yaml"),
+            "--analysis.init_args.inputs.usae_checkpoint", str(runs["usae"] / "checkpoints" / "last.ckpt"),
+            "--analysis.init_args.inputs.independent_checkpoint", str(runs["independent"] / "checkpoints" / "last.ckpt"),
+            "--analysis.init_args.inputs.train_config", str(runs["usae"] / "config.yaml"),
             "--analysis.init_args.output_dir", str(out),
-            "--analysis.init_args.n_features", "2", "--analysis.init_args.min_activations", "3",
+            "--analysis.init_args.n_features", "2", "--analysis.init_args.firing.min_activations", "3",
             "--analysis.init_args.n_top_images", "4",
             "--analysis.init_args.act_max.steps", "15", "--analysis.init_args.act_max.batch_size", "8", *extra]
 
@@ -231,9 +231,9 @@ def test_data_section_instead_of_train_config_and_wandb_offline(runs, tmp_path, 
     out = tmp_path / "report"
     data = yaml.safe_load((runs["usae"] / "config.yaml").read_text())["data"]
     config = {"analysis": {"class_path": "analysis.universality.study.UniversalityStudy", "init_args": {
-        "usae_checkpoint": str(runs["usae"] / "checkpoints" / "last.ckpt"),
-        "independent_checkpoint": str(runs["independent"] / "checkpoints" / "last.ckpt"),
-        "output_dir": str(out), "data": data, "n_features": 0, "wandb": {"enabled": True, "mode": "offline"}}}}
+        "inputs": {"usae_checkpoint": str(runs["usae"] / "checkpoints" / "last.ckpt"),
+                   "independent_checkpoint": str(runs["independent"] / "checkpoints" / "last.ckpt"), "data": data},
+        "output_dir": str(out), "n_features": 0, "wandb": {"enabled": True, "mode": "offline"}}}}
     path = tmp_path / "analysis.yaml"
     path.write_text(yaml.safe_dump(config))
     analyze.main(["--config", str(path)])
@@ -253,12 +253,12 @@ def test_bad_input_one_line_error_and_no_report(runs, tmp_path, capsys, case):
 
     out = tmp_path / "report"
     extra = {
-        "other_backbones": ["--analysis.init_args.usae_checkpoint", str(runs["other"] / "checkpoints" / "last.ckpt")],
-        "swapped_cache": ["--analysis.init_args.train_config", str(runs["other"] / "config.yaml")],
-        "swapped_systems": ["--analysis.init_args.usae_checkpoint",
+        "other_backbones": ["--analysis.init_args.inputs.usae_checkpoint", str(runs["other"] / "checkpoints" / "last.ckpt")],
+        "swapped_cache": ["--analysis.init_args.inputs.train_config", str(runs["other"] / "config.yaml")],
+        "swapped_systems": ["--analysis.init_args.inputs.usae_checkpoint",
                             str(runs["independent"] / "checkpoints" / "last.ckpt")],
         "index_out_of_range": ["--analysis.init_args.feature_indices", "[3, 64]"],
-        "empty_split": ["--analysis.init_args.train_config", str(_empty_split_config(runs, tmp_path))],
+        "empty_split": ["--analysis.init_args.inputs.train_config", str(_empty_split_config(runs, tmp_path))],
     }[case]
     with pytest.raises(SystemExit) as exit_info:  # a UserError, turned into one line and exit code 2
         run_cli(lambda: analyze.main(analysis_args(runs, out, *extra)))

@@ -23,13 +23,12 @@ from analysis.explorer.records import (class_counts, fires_matrix, histograms, s
 from analysis.explorer.site import folder_size, process_seconds, write_site
 from analysis.explorer.sprites import SpriteBook, diverging, to_uint8_hwc
 from analysis.explorer.wandb_export import log_index_table
-from analysis.ksparse.artifacts import load_probed_autoencoder
 from analysis.ksparse.importance import class_mean_codes, importance
+from analysis.options import KSparseInputs
 from analysis.universality.selection import check_latents
 from common.errors import UserError
 from common.io import atomic_write_json
 from common.run_options import WandbOptions
-from datamodules.image_datamodule import ImageDataModule, Split
 
 
 @torch.no_grad()
@@ -67,12 +66,10 @@ class KSparseExplorer(Analysis):
     """Build the explorer of a k-sparse autoencoder's units (with the linear probe on its codes).
 
     Args:
-        data: the image datamodule the models were trained on.
-        ksae_run: run folder of the k-sparse AE (encoder.pth, decoder.pth).
-        probe_run: run folder of the linear probe on its codes (classifier.pth).
+        inputs: the image datamodule, the autoencoder's and the probe's run folders, the split whose
+            class-mean codes define importance and the one shown, counted and ablated
+            (``analysis.options.KSparseInputs``, as in ``KSparseStudy``).
         output_dir: the site's folder; ``None`` = ``<ksae_run>/explorer``. Replaced atomically.
-        importance_split: images whose class-mean codes define importance (as in the study).
-        eval_split: images shown, counted and ablated.
         n_top_images, hist_bins, n_similar, chunk_size: as in ``ConceptExplorer``.
         selective_purity: units whose firings are at least this share one class are tagged "selective".
         units: build pages for these unit ids only (default: every unit that fires).
@@ -81,12 +78,8 @@ class KSparseExplorer(Analysis):
 
     def __init__(
         self,
-        data: ImageDataModule,
-        ksae_run: str = "runs/fashion_mnist_ksae/main",
-        probe_run: str = "runs/fashion_mnist_probe/main",
+        inputs: KSparseInputs,
         output_dir: str | None = None,
-        importance_split: Split = "train",
-        eval_split: Split = "test",
         n_top_images: int = 8,
         hist_bins: int = 20,
         n_similar: int = 8,
@@ -102,9 +95,8 @@ class KSparseExplorer(Analysis):
                 raise UserError(f"{name}={value} must be at least 1")
         if not 0.0 < selective_purity <= 1.0:
             raise UserError(f"selective_purity={selective_purity} must be in (0, 1]")
-        self.data, self.ksae_run, self.probe_run = data, Path(ksae_run), Path(probe_run)
-        self.output_dir = Path(output_dir) if output_dir else self.ksae_run / "explorer"
-        self.importance_split, self.eval_split = importance_split, eval_split
+        self.inputs = inputs
+        self.output_dir = Path(output_dir) if output_dir else inputs.ksae_run / "explorer"
         self.n_top_images, self.hist_bins, self.n_similar = int(n_top_images), int(hist_bins), int(n_similar)
         self.selective_purity, self.units, self.chunk_size = float(selective_purity), units, int(chunk_size)
         self.title, self.wandb, self.wandb_rows = title, wandb, int(wandb_rows)
@@ -112,19 +104,17 @@ class KSparseExplorer(Analysis):
     @torch.no_grad()
     def run(self) -> Path:
         start = time.perf_counter()
-        side = self.data.image_shape
-        model = load_probed_autoencoder(self.ksae_run, self.probe_run, side[0] * side[1] * side[2])
-        names = list(self.data.class_names)
+        side = self.inputs.data.image_shape
+        model = self.inputs.load()
+        imp_split, eval_split = self.inputs.importance_split, self.inputs.eval_split
+        names = list(self.inputs.data.class_names)
         n_classes = len(names)
-        if model.classifier.out_features != n_classes:
-            raise UserError(f"classifier has {model.classifier.out_features} classes but the data has {n_classes}")
         wanted = check_latents(self.units, model.n_units, "units") if self.units is not None else None
-        raw_imp, y_imp = self.data.split(self.importance_split)
+        x_imp, y_imp = self.inputs.images(imp_split)
         scores = importance(model.classifier.weight,
-                            class_mean_codes(model.batched_codes(self.data.transform(raw_imp, train=False)), y_imp,
-                                             n_classes)).numpy()  # (n, C)
-        raw, y = self.data.split(self.eval_split)
-        x = self.data.transform(raw, train=False)
+                            class_mean_codes(model.batched_codes(x_imp), y_imp, n_classes)).numpy()  # (n, C)
+        raw, y = self.inputs.data.split(eval_split)
+        x = self.inputs.data.transform(raw, train=False)
         probe_codes = model.batched_codes(x)
         codes = probe_codes if model.probe_k == model.k else model.batched_codes(x, k=model.k)
         csr = to_csr(codes)
@@ -191,9 +181,9 @@ class KSparseExplorer(Analysis):
                             "top": [[image_ref(r), top_codes[u][j], int(y[r]), r] for j, r in enumerate(tops)],
                             "hist": {"lo": 0.0, "hi": upper[u], "counts": hist[u].tolist(), "total": int(counts[u])},
                             "classes": cls[u].tolist()}],
-                "bars": [{"title": f"Per-class importance |W[c, {u}]| · mean code on class c ({self.importance_split} split)",
+                "bars": [{"title": f"Per-class importance |W[c, {u}]| · mean code on class c ({imp_split} split)",
                           "labels": names, "values": scores[u].tolist(), "digits": 4}],
-                "tables": [{"title": f"Ablation: zero unit {u} alone ({self.eval_split} split, probe codes)",
+                "tables": [{"title": f"Ablation: zero unit {u} alone ({eval_split} split, probe codes)",
                             "header": ["class", "importance", "logit drop on its images", "class accuracy change"],
                             "rows": [[names[k], scores[u, k], ablation["logit_drop"][u, k],
                                       ablation["class_accuracy_change"][u, k]] for k in range(n_classes)],
@@ -204,17 +194,17 @@ class KSparseExplorer(Analysis):
                           {"title": "Most similar units by co-activation (Jaccard index of firing images)",
                            "items": [[int(g), float(s)] for g, s in zip(sim_c[0][i], sim_c[1][i]) if s > 0]}],
             }
-        report = self.ksae_run / "report" / "report.html"
+        report = self.inputs.ksae_run / "report" / "report.html"
         meta = {"title": f"{self.title}: k-sparse autoencoder units", "short_title": "k-sparse AE",
-                "subtitle": f"{len(rows)} firing of {model.n_units} units, k = {model.k}, {n} {self.eval_split} "
-                            f"images; {self.ksae_run}, probe {self.probe_run}.",
+                "subtitle": f"{len(rows)} firing of {model.n_units} units, k = {model.k}, {n} {eval_split} "
+                            f"images; {self.inputs.ksae_run}, probe {self.inputs.probe_run}.",
                 "kind": "ksparse", "unit_name": "unit", "models": ["k-sparse AE"], "class_names": names,
-                "n_latents": model.n_units, "n_images": n, "split": self.eval_split, "columns": columns,
+                "n_latents": model.n_units, "n_images": n, "split": eval_split, "columns": columns,
                 "default_sort": "importance", "default_dir": -1,
                 "range_filter": {"key": "rate", "label": "firing rate (0-1)"}, "model_filter": None,
                 "class_key": "top_class", "tag_values": ["selective", "broad"],
                 "links": ([{"label": "k-sparse study report", "href": "../report/report.html"}]
-                          if self.output_dir.parent == self.ksae_run and report.is_file() else []),
+                          if self.output_dir.parent == self.inputs.ksae_run and report.is_file() else []),
                 "notes": "Firing: code > 0. Numbers: analysis.explorer.ksparse; all in latents.json."}
         write_site(self.output_dir, meta, rows, records, [images, atoms], self.chunk_size)
         total = time.perf_counter() - start
@@ -225,6 +215,6 @@ class KSparseExplorer(Analysis):
         print(f"[explorer] {self.output_dir / 'index.html'}: {len(rows)} units, {size / 1e6:.1f} MB, {total:.1f} s",
               flush=True)
         if self.wandb.enabled:
-            log_index_table(self.wandb, f"explorer/{self.ksae_run.name}-ksparse", self.output_dir.parent / "wandb",
+            log_index_table(self.wandb, f"explorer/{self.inputs.ksae_run.name}-ksparse", self.output_dir,
                             columns, rows, {"images": images, "atoms": atoms}, self.wandb_rows)
         return self.output_dir

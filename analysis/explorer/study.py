@@ -13,18 +13,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from lightning import LightningDataModule
 
 from analysis.base import Analysis
+from analysis.options import FiringOptions, SaeInputs
 from analysis.explorer.records import UsaeRecords, to_csr, usae_records
 from analysis.explorer.site import folder_size, process_seconds, write_site
 from analysis.explorer.sprites import SpriteBook, to_uint8_hwc
 from analysis.explorer.wandb_export import log_index_table
-from analysis.universality import inputs
+from analysis.universality import inputs as loaders
 from analysis.universality.activation_max import ActMaxSettings, maximize_latents
 from analysis.universality.feature_vis import magnitude_template
 from analysis.universality.codes import extract_codes, saes_of
@@ -60,75 +59,49 @@ class ConceptExplorer(Analysis):
     """Build the concept explorer of a USAE (and its independent SAEs' best matches) over one split.
 
     Args:
-        usae_checkpoint: ``UniversalSAE`` Lightning checkpoint.
-        independent_checkpoint: ``IndependentSAEs`` checkpoint on the same cache; ``None`` leaves out
-            the best-independent-match columns.
+        inputs: the USAE checkpoint, the independent SAEs' (``None`` leaves out the best-independent-match
+            columns), their activation data, the split shown and counted ("test" in the study), batch
+            size (only when the report's codes are not reused), device and threads
+            (``analysis.options.SaeInputs``, as in ``UniversalityStudy``).
         output_dir: the site's folder; replaced atomically.
         report_dir: the universality report folder of these checkpoints (its ``report.json``,
             ``act_max_images.npz`` and ``codes_*.npz`` are reused); ``None`` builds without it.
-        train_config / data: the activation datamodule, as in ``UniversalityStudy`` (give one).
-        split: the images shown and counted ("test" in the study).
-        batch_size: rows per batch when encoding (only when the report's codes are not reused).
-        fire_threshold, entropy_lo, entropy_hi, min_activations: as in ``UniversalityStudy``.
+        firing: as in ``UniversalityStudy`` (``analysis.options.FiringOptions``).
         n_top_images: top-activating images per latent and backbone.
         hist_bins: bins of the activation histograms.
         n_similar: most similar latents listed per page (by decoder and by co-activation).
         latents: build pages for these latent ids only (default: every live latent).
         act_max: activation-maximisation images (reused from the report; ``budget`` computes more).
         chunk_size: latent records per data file the latent page loads.
-        device: "cpu", "cuda" or "auto". threads: torch CPU threads (None: torch's default).
         wandb: also log the index table to W&B (``wandb_rows`` rows, thumbnails as images).
     """
 
     def __init__(
         self,
-        usae_checkpoint: str,
+        inputs: SaeInputs,
         output_dir: str,
-        independent_checkpoint: str | None = None,
         report_dir: str | None = None,
-        train_config: str | None = None,
-        data: LightningDataModule | None = None,
-        split: Literal["train", "val", "test"] = "test",
-        batch_size: int = 1024,
-        fire_threshold: float = 0.0,
-        entropy_lo: float = 0.2,
-        entropy_hi: float = 0.8,
-        min_activations: int = 10,
+        firing: FiringOptions = FiringOptions(),
         n_top_images: int = 8,
         hist_bins: int = 20,
         n_similar: int = 8,
         latents: list[int] | None = None,
         act_max: ExplorerActMax = ExplorerActMax(),
         chunk_size: int = 256,
-        device: str = "auto",
-        threads: int | None = None,
         title: str = "Concept explorer",
         wandb: WandbOptions = WandbOptions(),
         wandb_rows: int = 1000,
     ) -> None:
-        if not 0.0 <= entropy_lo < entropy_hi <= 1.0:
-            raise UserError(f"need 0 <= entropy_lo < entropy_hi <= 1; got {entropy_lo}, {entropy_hi}")
-        for name, value in (("batch_size", batch_size), ("n_top_images", n_top_images), ("hist_bins", hist_bins),
-                            ("chunk_size", chunk_size), ("min_activations", min_activations)):
+        for name, value in (("n_top_images", n_top_images), ("hist_bins", hist_bins), ("chunk_size", chunk_size)):
             if value < 1:
                 raise UserError(f"{name}={value} must be at least 1")
         if n_similar < 0 or act_max.budget < 0 or wandb_rows < 0:
             raise UserError("n_similar, act_max.budget and wandb_rows must be >= 0")
-        if threads is not None and threads < 1:
-            raise UserError(f"threads={threads} must be at least 1 (or null for torch's default)")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"device={device!r} but CUDA is not available; use device: cpu or auto")
-        self.usae_checkpoint, self.independent_checkpoint = str(usae_checkpoint), independent_checkpoint
+        self.inputs, self.firing = inputs, firing
         self.output_dir, self.report_dir = Path(output_dir), Path(report_dir) if report_dir else None
-        self.train_config, self.data, self.split = train_config, data, split
-        self.batch_size, self.fire_threshold = int(batch_size), float(fire_threshold)
-        self.entropy_lo, self.entropy_hi, self.min_activations = float(entropy_lo), float(entropy_hi), int(min_activations)
         self.n_top_images, self.hist_bins, self.n_similar = int(n_top_images), int(hist_bins), int(n_similar)
         self.latents, self.act_max, self.chunk_size = latents, act_max, int(chunk_size)
-        self.device, self.threads, self.title = device, threads, title
-        self.wandb, self.wandb_rows = wandb, int(wandb_rows)
+        self.title, self.wandb, self.wandb_rows = title, wandb, int(wandb_rows)
         self.timings: dict[str, float] = {}
 
     # ----- inputs ---------------------------------------------------------------------------------
@@ -138,18 +111,19 @@ class ConceptExplorer(Analysis):
                             "first (python analyze.py --config configs/<dataset>/analysis_universality.yaml) or "
                             "set report_dir: null")
 
-    def _codes(self, kind: str, system, checkpoint: str, data: inputs.SplitData, n_latents: int):
+    def _codes(self, kind: str, system, data: loaders.SplitData, n_latents: int):
         """model -> (N, n) CSR codes: the report's saved codes when they match, else encoded here."""
         n = int(data.images.shape[0])
         names = list(saes_of(system))
         if self.report_dir is not None:
-            saved = load_sparse_codes(self.report_dir / f"codes_{kind}.npz", checkpoint, self.split, (n, n_latents))
+            saved = load_sparse_codes(self.report_dir / f"codes_{kind}.npz", self.inputs.checkpoint(kind),
+                                      self.inputs.split, (n, n_latents))
             if saved is not None and sorted(saved) == sorted(names):
                 self.timings[f"codes/{kind}"] = 0.0
                 return {m: saved[m] for m in names}, "reused from the report"
         start = _stamp()
-        system.to(self.device)
-        codes = extract_codes(system, data.features, self.batch_size, self.device).codes
+        system.to(self.inputs.device)
+        codes = extract_codes(system, data.features, self.inputs.batch_size, self.inputs.device).codes
         system.cpu()
         codes = {m: to_csr(codes.pop(m)) for m in names}
         self.timings[f"codes/{kind}"] = _stamp() - start
@@ -157,37 +131,28 @@ class ConceptExplorer(Analysis):
 
     def run(self) -> Path:
         start = _stamp()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
         self._check_report_dir()
-        usae = inputs.load_system(self.usae_checkpoint, "usae")
-        independent = (inputs.load_system(self.independent_checkpoint, "independent")
-                       if self.independent_checkpoint else None)
-        if independent is not None:
-            inputs.check_same_latents(usae, independent)
-        dm = inputs.build_datamodule(self.data, self.train_config)
-        inputs.check_system_matches(usae, dm.feature_dims, "usae_checkpoint", self.usae_checkpoint)
-        if independent is not None:
-            inputs.check_system_matches(independent, dm.feature_dims, "independent_checkpoint",
-                                        str(self.independent_checkpoint))
+        systems, dm = self.inputs.load()
+        usae, independent = systems["usae"], systems.get("independent")
         saes = saes_of(usae)
         names = list(saes)
         n_latents = int(next(iter(saes.values())).get_dictionary().shape[0])
         wanted = check_latents(self.latents, n_latents, "latents") if self.latents is not None else None
         extra_act = check_latents(self.act_max.latents, n_latents, "act_max.latents")
-        data = inputs.load_split(dm, self.split)
+        data = loaders.load_split(dm, self.inputs.split)
         self._dims = {m: int(data.features[m].shape[1]) for m in names}
         self.timings["load"] = _stamp() - start
 
-        codes, how = self._codes("usae", usae, self.usae_checkpoint, data, n_latents)
+        codes, how = self._codes("usae", usae, data, n_latents)
         ind_codes = None
         if independent is not None:
-            ind_codes, _ = self._codes("independent", independent, str(self.independent_checkpoint), data, n_latents)
+            ind_codes, _ = self._codes("independent", independent, data, n_latents)
         t = _stamp()
         dictionaries = {m: sae.get_dictionary().detach().cpu() for m, sae in saes.items()}
         rec = usae_records(codes, data.labels, len(data.class_names) or int(data.labels.max()) + 1, dictionaries,
-                           self.fire_threshold, self.entropy_lo, self.entropy_hi, self.min_activations,
-                           self.n_top_images, self.hist_bins, self.n_similar, ind_codes, self.device)
+                           self.firing.fire_threshold, self.firing.entropy_lo, self.firing.entropy_hi,
+                           self.firing.min_activations, self.n_top_images, self.hist_bins, self.n_similar, ind_codes,
+                           self.inputs.device)
         self.timings["records"] = _stamp() - t
         del codes, ind_codes
         shown = rec.alive if wanted is None else np.array([f for f in rec.alive if f in set(wanted)], dtype=np.int64)
@@ -206,7 +171,7 @@ class ConceptExplorer(Analysis):
         print(f"[explorer] {self.output_dir / 'index.html'}: {len(shown)} latents, {size / 1e6:.1f} MB, "
               f"{self.timings['total']:.1f} s", flush=True)
         if self.wandb.enabled:
-            log_index_table(self.wandb, f"explorer/{self.output_dir.parent.name}", self.output_dir.parent / "wandb",
+            log_index_table(self.wandb, f"explorer/{self.output_dir.parent.name}", self.output_dir,
                             meta["columns"], rows, books, self.wandb_rows)
         return self.output_dir
 
@@ -236,8 +201,8 @@ class ConceptExplorer(Analysis):
         todo = [f for f in todo if f not in have]
         if not todo:
             return out
-        shape = inputs.input_shape(dm, data.images)
-        preprocess = inputs.preprocess_fn(dm)
+        shape = loaders.input_shape(dm, data.images)
+        preprocess = loaders.preprocess_fn(dm)
         saes = saes_of(usae)
         method = self.act_max.settings.method
         if method == "accentuation":
@@ -246,11 +211,11 @@ class ConceptExplorer(Analysis):
                             "and reuse the report's images")
         kwargs = {"magnitude": magnitude_template(data.images, shape)} if method == "maco" else {}
         for m, name in enumerate(names):
-            head = inputs.feature_head(dm, name).to(self.device)
-            sae = saes[name].to(self.device)
+            head = loaders.feature_head(dm, name).to(self.inputs.device)
+            sae = saes[name].to(self.inputs.device)
             with frozen(head, sae):
                 res = maximize_latents(LatentObjective(preprocess, head, sae), todo, shape, self.act_max.settings,
-                                       keys=[(m, f) for f in todo], device=self.device, **kwargs)
+                                       keys=[(m, f) for f in todo], device=self.inputs.device, **kwargs)
             sae.cpu()
             for i, f in enumerate(todo):
                 out[(name, f)] = (res.images[i].numpy(), f"pre-activation {float(res.start[i]):.2f} → "
@@ -276,11 +241,11 @@ class ConceptExplorer(Analysis):
         labels = data.labels.numpy()
         columns = [{"key": "id", "label": "latent", "type": "latent"},
                    {"key": "tag", "label": "tag", "type": "tag",
-                    "title": f"universal: H ≥ {self.entropy_hi:g}; specific: H ≤ {self.entropy_lo:g}"},
+                    "title": f"universal: H ≥ {self.firing.entropy_hi:g}; specific: H ≤ {self.firing.entropy_lo:g}"},
                    {"key": "H", "label": "entropy H", "type": "num", "digits": 3,
                     "title": "firing entropy across models (0: one model only, 1: equally in all)"}]
         columns += [{"key": f"rate:{m}", "label": f"rate {m}", "type": "pct", "digits": 2,
-                     "title": f"share of {self.split} images on which it fires in {m}"} for m in names]
+                     "title": f"share of {self.inputs.split} images on which it fires in {m}"} for m in names]
         columns += [{"key": f"r:{p}", "label": "same-index r" + (f" {p.replace('|', '/')}" if len(pairs) > 1 else ""),
                      "type": "num", "digits": 2, "title": "Pearson r of the codes of this latent in two models"}
                     for p in pairs]
@@ -310,16 +275,16 @@ class ConceptExplorer(Analysis):
             records[f] = self._record(f, rec, names, classes, pairs, pos, labels, tops, image_ref, pictures, act)
         tag_values = ["universal", "intermediate", "specific", *[f"specific:{m}" for m in names]]
         meta = {"title": self.title + f": Universal SAE over {', '.join(names)}", "short_title": "USAE",
-                "subtitle": f"{len(rows)} live of {n_latents} latents, {n} {self.split} images, checkpoint "
-                            f"{self.usae_checkpoint}; codes {how}.",
+                "subtitle": f"{len(rows)} live of {n_latents} latents, {n} {self.inputs.split} images, checkpoint "
+                            f"{self.inputs.usae_checkpoint}; codes {how}.",
                 "kind": "usae", "unit_name": "latent", "models": names, "class_names": classes,
-                "n_latents": n_latents, "n_images": n, "split": self.split, "columns": columns,
+                "n_latents": n_latents, "n_images": n, "split": self.inputs.split, "columns": columns,
                 "default_sort": "fires", "default_dir": -1, "range_filter": {"key": "H", "label": "entropy H"},
                 "model_filter": "dom_model", "class_key": "dominant", "tag_values": tag_values,
                 "links": ([{"label": "universality report", "href": "../universality_report/index.html"}]
                           if self.output_dir.parent / "universality_report" == self.report_dir else []),
                 "notes": "Firing: code > {:g}. Numbers: analysis.explorer.records; all in latents.json."
-                         .format(self.fire_threshold)}
+                         .format(self.firing.fire_threshold)}
         return meta, rows, records, {"images": images, "act_max": pictures}
 
     def _record(self, f, rec: UsaeRecords, names, classes, pairs, pos, labels, tops, image_ref, pictures, act):
@@ -341,8 +306,8 @@ class ConceptExplorer(Analysis):
                 stats += [["best independent latent", int(mr.match[f]) if mr.match[f] >= 0 else None, "text"],
                           ["its r", mr.match_r[f], "num", 2]]
             models.append({"name": m, "stats": stats, "pictures": [picture], "top": top,
-                           "hist": {"lo": self.fire_threshold, "hi": rec.hist_upper[f], "counts": mr.hist[f].tolist(),
-                                    "total": int(mr.fires[f])},
+                           "hist": {"lo": self.firing.fire_threshold, "hi": rec.hist_upper[f],
+                                    "counts": mr.hist[f].tolist(), "total": int(mr.fires[f])},
                            "classes": mr.classes[f].tolist()})
         cross_rows = []
         for p in pairs:

@@ -19,6 +19,7 @@ from scipy import sparse
 from analysis.explorer.records import usae_records
 from analysis.explorer.site import folder_size, write_site
 from analysis.explorer.study import ConceptExplorer
+from analysis.options import SaeInputs
 from common.io import atomic_write_json
 
 
@@ -43,7 +44,7 @@ def build(out: Path, n_latents: int, n_models: int, n_classes: int, n_images: in
     rec = usae_records(codes, labels, n_classes, dicts, 0.0, 0.2, 0.8, 10, 8, 20, 8)
     data = SimpleNamespace(images=torch.from_numpy(rng.integers(0, 256, (n_images, 3, side, side), dtype=np.uint8)),
                            labels=labels, class_names=tuple(f"class{c}" for c in range(n_classes)))
-    explorer = ConceptExplorer(usae_checkpoint="(synthetic)", output_dir=str(out), device="cpu",
+    explorer = ConceptExplorer(SaeInputs(usae_checkpoint="(synthetic)", device="cpu"), output_dir=str(out),
                                title="Synthetic explorer")
     explorer._dims = {m: int(d.shape[1]) for m, d in dicts.items()}
     meta, rows, records, books = explorer._payload(rec, data, names, rec.alive, {}, "random", n_latents)

@@ -16,14 +16,15 @@ from matplotlib.figure import Figure
 from analysis.base import Analysis, check_output_dir, report_dir
 from analysis.ksparse import figures
 from analysis.ksparse.ablation import RANKINGS, ablation_study, decoder_side_ablation, draw_controls, ranking_scores
-from analysis.ksparse.artifacts import ProbedAutoencoder, load_probed_autoencoder
+from analysis.ksparse.artifacts import ProbedAutoencoder
 from analysis.ksparse.attribution import feature_overlay, occlusion_map
 from analysis.ksparse.importance import class_mean_codes, top_units
+from analysis.options import KSparseInputs
+from analysis.wandb_run import log_analysis
 from common.errors import UserError
 from components.ksparse import read_state_dict
 from common.io import atomic_write_json, atomic_write_text, check_writable_dir
 from common.run_options import WandbOptions
-from datamodules.image_datamodule import ImageDataModule, Split
 from lightning_modules.linear_probe import classifier_from_state
 
 
@@ -41,14 +42,11 @@ class KSparseStudy(Analysis):
     renamed into place at the end, so a failure leaves the previous report (or none), never a part.
 
     Args:
-        data: the image datamodule the models were trained on (same preprocessing and splits).
-        ksae_run: run folder of the k-sparse autoencoder (holds encoder.pth, decoder.pth).
-        probe_run: run folder of the linear probe on its codes (holds classifier.pth).
+        inputs: the image datamodule, the autoencoder's and the probe's run folders, the importance
+            and eval splits (``analysis.options.KSparseInputs``).
         pixel_probe_run: run folder of the raw-pixel probe: its results.json gives the baseline
             accuracy, its classifier.pth judges the decoded ablations; ``None`` leaves both out.
         output_dir: report folder; ``None`` = ``<ksae_run>/report``.
-        importance_split: images whose class-mean codes define the importance.
-        eval_split: images for reconstruction error, dead units, ablation and the examples.
         top_units: most important units per class shown in the atom grid and the tables.
         ablation_units: units zeroed per class in the ablation (top ones, and as many random ones).
         ablation_seeds: random draws of the control units.
@@ -62,13 +60,9 @@ class KSparseStudy(Analysis):
 
     def __init__(
         self,
-        data: ImageDataModule,
-        ksae_run: str = "runs/fashion_mnist_ksae/main",
-        probe_run: str = "runs/fashion_mnist_probe/main",
+        inputs: KSparseInputs,
         pixel_probe_run: str | None = "runs/fashion_mnist_probe_pixels/main",
         output_dir: str | None = None,
-        importance_split: Split = "train",
-        eval_split: Split = "test",
         top_units: int = 8,
         ablation_units: int = 10,
         ablation_seeds: int = 5,
@@ -82,11 +76,9 @@ class KSparseStudy(Analysis):
         if min(top_units, ablation_units, ablation_seeds, overlay_top_k, control_bins) < 1:
             raise UserError("top_units, ablation_units, ablation_seeds, control_bins and overlay_top_k must be "
                             "at least 1")
-        self.data = data
-        self.ksae_run, self.probe_run = Path(ksae_run), Path(probe_run)
+        self.inputs = inputs
         self.pixel_probe_run = Path(pixel_probe_run) if pixel_probe_run else None
-        self.output_dir = Path(output_dir) if output_dir else self.ksae_run / "report"
-        self.importance_split, self.eval_split = importance_split, eval_split
+        self.output_dir = Path(output_dir) if output_dir else inputs.ksae_run / "report"
         self.top_units, self.ablation_units, self.ablation_seeds = top_units, ablation_units, ablation_seeds
         self.control_bins = control_bins
         self.overlay_top_k = overlay_top_k
@@ -96,35 +88,26 @@ class KSparseStudy(Analysis):
     # ----- inputs -------------------------------------------------------------------------------
     def load(self) -> ProbedAutoencoder:
         """The frozen encoder, decoder and classifier (``UserError`` if missing or mismatched)."""
-        side = self.data.image_shape
-        model = load_probed_autoencoder(self.ksae_run, self.probe_run, side[0] * side[1] * side[2])
-        n_units, classes = model.n_units, model.classifier.out_features
-        if classes != self.data.num_classes:
-            raise UserError(f"classifier has {classes} classes but the data has {self.data.num_classes}")
+        model = self.inputs.load()
         for name, value in (("top_units", self.top_units), ("ablation_units", self.ablation_units),
                             ("overlay_top_k", self.overlay_top_k)):
-            if value > n_units:
-                raise UserError(f"{name}={value} is larger than the code size {n_units}; lower it")
+            if value > model.n_units:
+                raise UserError(f"{name}={value} is larger than the code size {model.n_units}; lower it")
         return model
-
-    def images(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed images (N, C, H, W) and labels (N,) of one split."""
-        images, labels = self.data.split(split)
-        return self.data.transform(images, train=False), labels
 
     # ----- the study ----------------------------------------------------------------------------
     @torch.no_grad()
     def compute(self, model: ProbedAutoencoder) -> tuple[dict, dict[str, Figure]]:
         """All numbers (JSON-ready) and figures (name → Figure)."""
-        names = list(self.data.class_names)
+        names = list(self.inputs.data.class_names)
         classes = len(names)
-        x_imp, y_imp = self.images(self.importance_split)
+        x_imp, y_imp = self.inputs.images(self.inputs.importance_split)
         codes_imp = model.batched_codes(x_imp)
         class_means = class_mean_codes(codes_imp, y_imp, classes)
         rankings = ranking_scores(model.classifier.weight, class_means)
         scores = rankings["importance"]
         top = top_units(scores, max(self.top_units, self.ablation_units))
-        x, y = self.images(self.eval_split)
+        x, y = self.inputs.images(self.inputs.eval_split)
         codes = model.batched_codes(x)
         ae_codes = codes if model.probe_k == model.k else model.batched_codes(x, k=model.k)
         recon = model.decoder(ae_codes)
@@ -137,7 +120,7 @@ class KSparseStudy(Analysis):
         side = x.shape[-1]
         shown = top[:, : self.top_units]
         numbers = {
-            "splits": {"importance": self.importance_split, "eval": self.eval_split},
+            "splits": {"importance": self.inputs.importance_split, "eval": self.inputs.eval_split},
             "n_units": model.n_units, "k": model.k, "probe_k": model.probe_k,
             "reconstruction": {
                 "mse_per_pixel": (recon - x.flatten(1)).pow(2).double().mean().item(),
@@ -239,22 +222,15 @@ class KSparseStudy(Analysis):
 
     def input_paths(self) -> list[Path | str | None]:
         """What the study reads; the report folder may neither be nor hold any of them."""
-        return [self.ksae_run, self.probe_run, self.pixel_probe_run, getattr(self.data, "data_dir", None)]
+        return [*self.inputs.paths(), self.pixel_probe_run]
 
     def _log_wandb(self, numbers: dict, paths: dict[str, str]) -> None:
-        import wandb
-
-        run = wandb.init(project=self.wandb.project, entity=self.wandb.entity, mode=self.wandb.mode,
-                         tags=self.wandb.tags, dir=str(self.output_dir), job_type="analysis",
-                         name=f"ksparse-study/{self.ksae_run.name}")
-        try:
-            run.log({f"figures/{name}": wandb.Image(str(self.output_dir / path)) for name, path in paths.items()})
-            run.summary.update({"mse_per_pixel": numbers["reconstruction"]["mse_per_pixel"],
-                                "dead_units": numbers["reconstruction"]["dead_units"],
-                                "probe_accuracy": numbers["probe"]["accuracy"],
-                                **{f"ablation/{k}": v for k, v in numbers["ablation"]["summary"].items()}})
-        finally:
-            run.finish()
+        log_analysis(self.wandb, f"ksparse-study/{self.inputs.ksae_run.name}", self.output_dir, "analysis",
+                     figures={f"figures/{name}": self.output_dir / path for name, path in paths.items()},
+                     numbers={"mse_per_pixel": numbers["reconstruction"]["mse_per_pixel"],
+                              "dead_units": numbers["reconstruction"]["dead_units"],
+                              "probe_accuracy": numbers["probe"]["accuracy"],
+                              **{f"ablation/{k}": v for k, v in numbers["ablation"]["summary"].items()}})
 
 
 def _summary_lines(numbers: dict) -> list[str]:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, ContextManager, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from analysis.base import report_dir
+from common.io import atomic_write_text
+from common.json_safe import json_safe
 
 
 def atomic_dir(final: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> ContextManager[Path]:
@@ -21,29 +22,10 @@ def atomic_dir(final: str | os.PathLike, inputs: Iterable[str | os.PathLike | No
     return report_dir(final, inputs)
 
 
-def json_ready(obj: Any) -> Any:
-    """Tensors/arrays to lists, numpy scalars to Python, NaN/inf to None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return json_ready(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return json_ready(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
-
-
 def write_json(path: Path, obj: Any) -> Path:
-    path.write_text(json.dumps(json_ready(obj), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    """``report.json``: ``obj`` through ``common.json_safe`` (NaN/inf as null: undefined numbers, e.g.
+    a correlation without alive latents), keys in the report's order, written atomically."""
+    return atomic_write_text(path, json.dumps(json_safe(obj, non_finite="null"), indent=1, allow_nan=False) + "\n")
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
-import torch
-from lightning import LightningDataModule
 
 from analysis.base import Analysis, check_output_dir, report_dir
-from analysis.universality import inputs
+from analysis.options import FiringOptions, SaeInputs
+from analysis.universality import inputs as loaders
 from analysis.universality.activation_max import ActMaxSettings, maximize_latents
 from analysis.universality.codes import extract_codes, saes_of
 from analysis.universality.codes_file import save_sparse_codes
@@ -37,7 +36,7 @@ from analysis.universality.side_by_side import act_max_grid_figure, side_by_side
 from analysis.universality.stats import feature_statistics, frequency_figure, stats_figure
 from analysis.universality.summary import SYSTEMS, headline_numbers
 from analysis.universality.top_images import TopImages, top_activating, top_images_figure
-from analysis.universality.wandb_export import log_report
+from analysis.wandb_run import log_analysis
 from common.errors import UserError
 from common.run_options import WandbOptions
 
@@ -48,97 +47,62 @@ class UniversalityStudy(Analysis):
     """Universality analysis and feature visualisation of a USAE vs independent SAEs on one split.
 
     Args:
-        usae_checkpoint: ``UniversalSAE`` Lightning checkpoint (``runs/<exp>/<version>/checkpoints/last.ckpt``).
-        independent_checkpoint: ``IndependentSAEs`` checkpoint trained on the same activation cache.
+        inputs: the USAE and independent-SAE checkpoints (both required here), their activation data
+            (``train_config`` or ``data``), the split, batch size, device and threads
+            (``analysis.options.SaeInputs``).
         output_dir: report folder; replaced atomically (a failed run leaves the old one, or none).
-        train_config: the SAE training run's ``config.yaml`` (LightningCLI writes it in the run folder);
-            its ``data`` section rebuilds the activation datamodule. The simplest choice: nothing to
-            repeat. Give this or ``data``, not both.
-        data: the activation datamodule itself (nested ``class_path``/``init_args``), e.g. to analyse
-            another split source. Give this or ``train_config``.
-        split: the held-out split analysed and scored ("test" in the study).
-        match_split: the split the Hungarian matchings are fitted on ("val"; null: ``split`` itself,
-            in-sample). Scoring stays on ``split``.
-        batch_size: rows per batch when encoding the split.
-        fire_threshold: a latent fires when its TopK code is > this.
-        entropy_lo: alive latents with firing entropy H ≤ this are model-specific.
-        entropy_hi: alive latents with H ≥ this are universal.
+        match_split: the split the Hungarian matchings are fitted on ("val"; null: ``inputs.split``
+            itself, in-sample). Scoring stays on ``inputs.split``.
+        firing: when a latent fires, is alive, universal or model-specific
+            (``analysis.options.FiringOptions``). Entropy and shares use latents alive in some model,
+            correlations latents alive in both models of a pair; candidates for visualisation fire at
+            least ``min_activations`` times in total.
         entropy_bins: bins of the entropy histograms over [0, 1].
-        min_activations: a latent is alive in a model when it fires on at least this many images of
-            the split ("rare" otherwise, the second dead definition). Entropy and shares use latents
-            alive in some model, correlations latents alive in both models of a pair; candidates for
-            visualisation fire at least this often in total.
         top_correlated: how many of the most correlated latents the report lists.
         n_features: universal and model-specific latents visualised (each), chosen from the USAE.
         feature_indices: further USAE latents to visualise (their own section); must be < n_latents.
         n_top_images: top-activating images shown per latent and model.
         act_max: feature-visualisation settings (method fourier/pixel/maco/accentuation, steps, lr,
             seed_image, distance_budget, ...; ``activation_max.ActMaxSettings``).
-        device: "cpu", "cuda", or "auto" (CUDA when available).
-        threads: CPU threads for torch (``torch.set_num_threads``); None keeps torch's choice. On a
-            machine shared with other jobs, 1 can be many times faster (threads wait on each other).
         seed: seeds the nulls' permutations (activation maximisation uses ``act_max.seed``).
         wandb: also send figures, tables and numbers to W&B (``enabled``, ``mode`` offline/online).
     """
 
     def __init__(
         self,
-        usae_checkpoint: str,
-        independent_checkpoint: str,
+        inputs: SaeInputs,
         output_dir: str,
-        train_config: str | None = None,
-        data: LightningDataModule | None = None,
-        split: Literal["train", "val", "test"] = "test",
         match_split: Literal["train", "val", "test"] | None = "val",
-        batch_size: int = 1024,
-        fire_threshold: float = 0.0,
-        entropy_lo: float = 0.2,
-        entropy_hi: float = 0.8,
+        firing: FiringOptions = FiringOptions(),
         entropy_bins: int = 20,
-        min_activations: int = 10,
         top_correlated: int = 20,
         n_features: int = 4,
         feature_indices: list[int] | None = None,
         n_top_images: int = 6,
         act_max: ActMaxSettings = ActMaxSettings(),
-        device: str = "cpu",
-        threads: int | None = None,
         seed: int = 0,
         wandb: WandbOptions = WandbOptions(),
     ) -> None:
-        if not 0.0 <= entropy_lo < entropy_hi <= 1.0:
-            raise UserError(f"need 0 <= entropy_lo < entropy_hi <= 1; got entropy_lo={entropy_lo}, "
-                            f"entropy_hi={entropy_hi}")
-        for name, value in (("batch_size", batch_size), ("entropy_bins", entropy_bins),
-                            ("min_activations", min_activations), ("act_max.steps", act_max.steps),
+        if inputs.independent_checkpoint is None:
+            raise UserError("inputs.independent_checkpoint is required for the universality report; point it "
+                            "at the IndependentSAEs checkpoint trained on the same cache")
+        for name, value in (("entropy_bins", entropy_bins), ("act_max.steps", act_max.steps),
                             ("act_max.batch_size", act_max.batch_size), ("n_top_images", n_top_images)):
             if value < 1:
                 raise UserError(f"{name}={value} must be at least 1")
         if n_features < 0 or top_correlated < 0:
             raise UserError("n_features and top_correlated must be >= 0")
-        if threads is not None and threads < 1:
-            raise UserError(f"threads={threads} must be at least 1 (or null for torch's default)")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"device={device!r} but CUDA is not available; use device: cpu or auto")
-        self.usae_checkpoint, self.independent_checkpoint = str(usae_checkpoint), str(independent_checkpoint)
-        self.output_dir, self.train_config, self.data = Path(output_dir), train_config, data
-        if match_split == split:
-            match_split = None
-        self.split, self.batch_size, self.fire_threshold = split, int(batch_size), float(fire_threshold)
-        self.match_split = match_split
-        self.entropy_lo, self.entropy_hi, self.entropy_bins = float(entropy_lo), float(entropy_hi), int(entropy_bins)
-        self.min_activations, self.top_correlated = int(min_activations), int(top_correlated)
+        self.inputs, self.firing, self.output_dir = inputs, firing, Path(output_dir)
+        self.match_split = None if match_split == inputs.split else match_split
+        self.entropy_bins, self.top_correlated = int(entropy_bins), int(top_correlated)
         self.n_features, self.feature_indices = int(n_features), [int(f) for f in feature_indices or []]
-        self.n_top_images, self.act_max, self.device, self.seed = int(n_top_images), act_max, device, int(seed)
-        self.wandb, self.threads = wandb, threads
+        self.n_top_images, self.act_max, self.seed = int(n_top_images), act_max, int(seed)
+        self.wandb = wandb
         self.timings: dict[str, float] = {}
 
     def input_paths(self) -> list[str | Path | None]:
         """What the study reads; the report folder may neither be nor hold any of them."""
-        return [self.usae_checkpoint, self.independent_checkpoint, self.train_config,
-                getattr(self.data, "cache_dir", None)]
+        return self.inputs.paths()
 
     @contextlib.contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -150,19 +114,12 @@ class UniversalityStudy(Analysis):
     def run(self) -> Path:
         start = time.perf_counter()
         check_output_dir(self.output_dir, self.input_paths())
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
         with self._timed("load"):
-            systems = {"usae": inputs.load_system(self.usae_checkpoint, "usae"),
-                       "independent": inputs.load_system(self.independent_checkpoint, "independent")}
-            inputs.check_same_latents(systems["usae"], systems["independent"])
-            dm = inputs.build_datamodule(self.data, self.train_config)
-            for kind, path in (("usae", self.usae_checkpoint), ("independent", self.independent_checkpoint)):
-                inputs.check_system_matches(systems[kind], dm.feature_dims, f"{kind}_checkpoint", path)
+            systems, dm = self.inputs.load()
             n_latents = next(iter(saes_of(systems["usae"]).values())).get_dictionary().shape[0]
             requested = check_latents(self.feature_indices, n_latents, "feature_indices")
-            data = inputs.load_split(dm, self.split)
-            fit_data = inputs.load_split(dm, self.match_split) if self.match_split else None
+            data = loaders.load_split(dm, self.inputs.split)
+            fit_data = loaders.load_split(dm, self.match_split) if self.match_split else None
             names = list(saes_of(systems["usae"]))
         with report_dir(self.output_dir, self.input_paths()) as out:
             figures_dir = out / "figures"
@@ -179,33 +136,34 @@ class UniversalityStudy(Analysis):
             (out / "index.html").write_text(build_html(report, rel), encoding="utf-8")
         print(f"[analysis] report: {self.output_dir / 'index.html'} ({self.timings['total']:.1f} s)", flush=True)
         if self.wandb.enabled:
-            log_report(self.wandb, f"universality/{self.output_dir.name}", self.output_dir.parent / "wandb",
-                       {k: self.output_dir / v for k, v in rel.items()}, wandb_tables(report),
-                       report["headline_flat"], report["config"])
+            log_analysis(self.wandb, f"universality/{self.output_dir.name}", self.output_dir, "analysis",
+                         {k: self.output_dir / v for k, v in rel.items()}, wandb_tables(report),
+                         report["headline_flat"], report["config"])
         return self.output_dir
 
     def _analyse(self, systems, dm, data, names, requested, figs: Path, fit_data=None):
         codes, r2, entropy, pairs, stats = {}, {}, {}, {}, {}
         for kind, system in systems.items():
-            system.to(self.device)
+            system.to(self.inputs.device)
             with self._timed(f"codes/{kind}"):
-                codes[kind] = extract_codes(system, data.features, self.batch_size, self.device)
+                codes[kind] = extract_codes(system, data.features, self.inputs.batch_size, self.inputs.device)
                 save_sparse_codes(figs.parent / f"codes_{kind}.npz", codes[kind],  # reused by the explorer
-                                  getattr(self, f"{kind}_checkpoint"), self.split)
-                r2[kind] = r2_matrix(system, codes[kind], data.features, self.batch_size, self.device)
+                                  self.inputs.checkpoint(kind), self.inputs.split)
+                r2[kind] = r2_matrix(system, codes[kind], data.features, self.inputs.batch_size, self.inputs.device)
                 fit_codes = None if fit_data is None else \
-                    extract_codes(system, fit_data.features, self.batch_size, self.device)
+                    extract_codes(system, fit_data.features, self.inputs.batch_size, self.inputs.device)
             system.cpu()
             with self._timed(f"entropy+stats/{kind}"):
-                entropy[kind] = firing_entropy(codes[kind], self.fire_threshold, self.entropy_lo,
-                                               self.entropy_hi, self.entropy_bins, self.min_activations)
+                entropy[kind] = firing_entropy(codes[kind], self.firing.fire_threshold, self.firing.entropy_lo,
+                                               self.firing.entropy_hi, self.entropy_bins, self.firing.min_activations)
                 norms = {n: sae.get_dictionary().detach().norm(dim=1) for n, sae in saes_of(system).items()}
-                stats[kind] = feature_statistics(codes[kind], self.fire_threshold, norms, self.min_activations)
+                stats[kind] = feature_statistics(codes[kind], self.firing.fire_threshold, norms,
+                                                 self.firing.min_activations)
             with self._timed(f"correlation/{kind}"):
-                pairs[kind] = all_pairs(codes[kind], self.fire_threshold, self.min_activations, self.seed,
-                                        fit_codes, self.match_split or self.split, self.split)
-        fire_counts = codes["usae"].fire_counts(self.fire_threshold).numpy()
-        groups = select_latents(entropy["usae"], fire_counts, self.n_features, self.min_activations)
+                pairs[kind] = all_pairs(codes[kind], self.firing.fire_threshold, self.firing.min_activations, self.seed,
+                                        fit_codes, self.match_split or self.inputs.split, self.inputs.split)
+        fire_counts = codes["usae"].fire_counts(self.firing.fire_threshold).numpy()
+        groups = select_latents(entropy["usae"], fire_counts, self.n_features, self.firing.min_activations)
         if requested:
             groups["requested"] = requested
         latents = list(dict.fromkeys(f for g in groups.values() for f in g))
@@ -221,8 +179,8 @@ class UniversalityStudy(Analysis):
 
     def _activation_max(self, usae, dm, data, names, latents, codes):
         """Per backbone, one batched optimisation of every chosen latent (keys (model, latent))."""
-        shape = inputs.input_shape(dm, data.images)
-        preprocess = inputs.preprocess_fn(dm)
+        shape = loaders.input_shape(dm, data.images)
+        preprocess = loaders.preprocess_fn(dm)
         saes = saes_of(usae)
         extra = method_inputs(self.act_max, codes, data.images, data.labels, latents, shape, self.n_top_images)
         result = {}
@@ -230,12 +188,12 @@ class UniversalityStudy(Analysis):
             if not latents:
                 result[name] = maximize_latents(lambda x, f: x.sum((1, 2, 3)), [], shape, self.act_max)
                 continue
-            head = inputs.feature_head(dm, name).to(self.device)
-            sae = saes[name].to(self.device)
+            head = loaders.feature_head(dm, name).to(self.inputs.device)
+            sae = saes[name].to(self.inputs.device)
             objective = LatentObjective(preprocess, head, sae)
             with frozen(head, sae):
                 result[name] = maximize_latents(objective, latents, shape, self.act_max,
-                                                keys=[(m, f) for f in latents], device=self.device, **extra)
+                                                keys=[(m, f) for f in latents], device=self.inputs.device, **extra)
             sae.cpu()
         return result
 
@@ -285,14 +243,14 @@ class UniversalityStudy(Analysis):
         act_out = {m: [{"latent": f, "start": float(act[m].start[i]), "final": float(act[m].final[i])}
                        for i, f in enumerate(latents)] for m in names}
         headline = headline_numbers(systems_out, act_out)
-        config = {k: v for k, v in vars(self).items() if k not in ("data", "timings", "act_max", "wandb")}
-        config.update(output_dir=str(self.output_dir), act_max=asdict(self.act_max), wandb=asdict(self.wandb),
-                      data=type(self.data).__name__ if self.data is not None else None)
+        config = {k: v for k, v in vars(self).items() if k not in ("inputs", "firing", "timings", "act_max", "wandb")}
+        config.update(self.inputs.numbers(), **asdict(self.firing), output_dir=str(self.output_dir),
+                      act_max=asdict(self.act_max), wandb=asdict(self.wandb))
         return {
             "config": config,
             "setup": {"models": names, "feature_dims": {n: int(data.features[n].shape[1]) for n in names},
                       "n_latents": int(usae_sae.get_dictionary().shape[0]), "k": int(getattr(usae_sae, "k", 0)),
-                      "split": self.split, "match_split": self.match_split or self.split,
+                      "split": self.inputs.split, "match_split": self.match_split or self.inputs.split,
                       "n_images": int(data.images.shape[0])},
             "headline": headline,
             "headline_flat": {f"{kind}/{k}": v for kind, d in headline.items() for k, v in d.items()},
