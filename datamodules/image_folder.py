@@ -147,7 +147,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.num_workers = num_workers
         self.on_bad_image = on_bad_image
         self.bad_images = 0  # undecodable images left out so far (skip)
-        self.class_names: tuple[str, ...] = ()
+        self._class_names: tuple[str, ...] = ()
         self._samples: dict[str, list[tuple[str, int]]] = {}
 
     # ---- the file lists ------------------------------------------------------------------------
@@ -182,7 +182,7 @@ class ImageFolderDataModule(ImageDataModule):
             raise UserError(f"class folders differ between '{self.folders['train']}' and "
                             f"'{self.folders['test']}' ({'; '.join(parts)}); both need the same classes")
         class_to_idx = {name: i for i, name in enumerate(train_classes)}
-        self.class_names = tuple(train_classes)
+        self._class_names = tuple(train_classes)
         train = self._files(self.folders["train"], class_to_idx)
         train_idx, val_idx = seeded_split(len(train), self.val_size, self.train_subset, self.seed)
         self._samples = {"train": [train[i] for i in train_idx.tolist()],
@@ -190,9 +190,13 @@ class ImageFolderDataModule(ImageDataModule):
                          "test": self._files(self.folders["test"], class_to_idx)}
 
     @property
-    def num_classes(self) -> int:
-        """Number of class folders (read from ``root`` on first use)."""
+    def class_names(self) -> tuple[str, ...]:
+        """Class folder names, sorted (label i = ``class_names[i]``; read from ``root`` on first use)."""
         self.setup()
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
         return len(self.class_names)
 
     def samples(self, split: Split) -> list[tuple[str, int]]:
