@@ -135,6 +135,7 @@ def build_shards(dm: ActivationDataModule, trainer: dict, options: ShardOptions)
     dm.images.setup()
     identities = {split: split_identity(dm.images, split) for split in SPLITS}
     warnings.filterwarnings("ignore", message=".*custom batch sampler.*")  # ShardBatches returns every row
+    warnings.filterwarnings("ignore", message=".*across ranks is zero.*")  # ranks with no shard left
     writer = ShardWriter()
     defaults = {"accelerator": "auto", "devices": 1, "enable_progress_bar": dm.progress}
     pl_trainer = L.Trainer(**{**defaults, **placement(trainer)}, logger=False, enable_checkpointing=False,
@@ -149,10 +150,13 @@ def build_shards(dm: ActivationDataModule, trainer: dict, options: ShardOptions)
         module = FeatureExtraction(extractor, dm.images.transform, FeatureNormalizer(dm.cache.normalization),
                                    dm.cache_key(name)["precision"], on_bad_image)
         data = ShardExtractionData(dm.images, stores, dm.extract_batch_size)
-        before = len(writer.written)
+        before, began = len(writer.written), time.perf_counter()
         pl_trainer.predict(module, datamodule=data, return_predictions=False)
         pl_trainer.strategy.barrier("shards_written")
         if pl_trainer.is_global_zero:
+            seconds = time.perf_counter() - began
+            print(f"{name}: extracted {data.todo_rows} rows on {pl_trainer.world_size} processes in "
+                  f"{seconds:.2f} s ({data.todo_rows / seconds:.1f} images/s)")
             for split, store in stores.items():
                 index = store.finalize(data.totals[split])
                 indexes.append(index)

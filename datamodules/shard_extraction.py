@@ -1,8 +1,8 @@
 """``ShardExtractionData``: the images of the shards still to write, this rank's share, shard-aligned.
 
 Used by ``build_cache.py --store shards`` for a Lightning ``predict`` run. ``setup`` (run on every
-rank once the process group exists) lets rank 0 clear stale stores and drop damaged shards, waits
-at a barrier, then gives each rank every ``world``-th missing shard (whole shards, so no two ranks
+rank once the process group exists) lets rank 0 clear stale stores, drop damaged shards and list the
+missing ones, broadcasts that list, and each rank takes every ``world``-th missing shard (whole shards, so no two ranks
 write one). Batches are cut from each shard's first row, so a shard is extracted in the same
 batches whichever rank, and however many ranks, extract it.
 """
@@ -67,7 +67,7 @@ class ShardBatches(Sampler[list[int]]):
 
 
 class ShardExtractionData(L.LightningDataModule):
-    """Predict loaders over the rows of this rank's missing shards, one loader per split with work.
+    """Predict loaders over the rows of this rank's missing shards, one loader per split.
 
     Args:
         images: the image datamodule (its splits and, for files, its decoding workers).
@@ -75,8 +75,8 @@ class ShardExtractionData(L.LightningDataModule):
         batch_size: images per forward pass (a shard's last batch may be smaller).
         num_workers: loader workers for in-memory splits (image folders use their own setting).
 
-    After ``setup``: ``totals`` (split → rows), ``plan`` (split → this rank's shard indices) and
-    ``loader_splits`` (the split of each predict loader, in order; read by ``ShardWriter``).
+    After ``setup``: ``totals`` (split → rows), ``todo_rows`` (rows of every missing shard, all
+    ranks), ``plan`` (split → this rank's shard indices) and ``loader_splits`` (the split of each predict loader, in order; read by ``ShardWriter``).
     """
 
     def __init__(self, images: ImageDataModule, stores: dict[str, ShardStore], batch_size: int,
@@ -88,6 +88,7 @@ class ShardExtractionData(L.LightningDataModule):
         self.num_workers = num_workers
         self.totals: dict[str, int] = {}
         self.plan: dict[str, list[int]] = {}
+        self.todo_rows = 0
         self.loader_splits: list[str] = []
         self._datasets: dict[str, Dataset] = {}
 
@@ -96,7 +97,7 @@ class ShardExtractionData(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def missing(self, split: str) -> list[int]:
-        """Shards of ``split`` that are not complete and valid (read-only; run after rank 0's checks)."""
+        """Shards of ``split`` that are not complete and valid (rank 0, after dropping damaged ones)."""
         store, total = self.stores[split], self.totals[split]
         return [i for i in range(store.num_shards(total))
                 if store.problem(i, *_rows_start(store, i, total)) is not None]
@@ -106,16 +107,21 @@ class ShardExtractionData(L.LightningDataModule):
         self._datasets = {split: split_dataset(self.images, split) for split in self.stores}
         self.totals = {split: len(ds) for split, ds in self._datasets.items()}
         rank, world = self._rank_world()
+        missing: dict[str, list[int]] = {}
         if rank == 0:
             for split, store in self.stores.items():
                 store.reset_if_stale()
+                store.remove_temp_files()
                 _, damaged = store.drop_damaged(self.totals[split])
                 for index, reason in sorted(damaged.items()):
                     print(f"shards: '{store.shard_path(index)}' {reason}; extracting it again", file=sys.stderr)
-        if self.trainer is not None:
-            self.trainer.strategy.barrier("shard_plan")
-        self.plan = {split: self.missing(split)[rank::world] for split in self.stores}
-        self.loader_splits = [split for split, shards in self.plan.items() if shards]
+                missing[split] = self.missing(split)
+        if self.trainer is not None:  # one plan for all: ranks must not look while others write
+            missing = self.trainer.strategy.broadcast(missing, 0)
+        self.todo_rows = sum(_rows_start(self.stores[split], i, self.totals[split])[0]
+                             for split, shards in missing.items() for i in shards)
+        self.plan = {split: shards[rank::world] for split, shards in missing.items()}
+        self.loader_splits = list(self.stores)  # every rank the same loaders (Lightning syncs their lengths)
 
     def _loader(self, split: str, shards: list[int]) -> DataLoader:
         sampler = ShardBatches(shards, self.stores[split], self.totals[split], self.batch_size)
@@ -125,8 +131,7 @@ class ShardExtractionData(L.LightningDataModule):
         return DataLoader(self._datasets[split], batch_sampler=sampler, num_workers=self.num_workers)
 
     def predict_dataloader(self) -> list[DataLoader]:
-        if not self.loader_splits:  # nothing left for this rank: an empty loader keeps it in step
-            return [self._loader(next(iter(self.stores)), [])]
+        """One loader per split, in ``loader_splits`` order; empty where this rank has no shard."""
         return [self._loader(split, self.plan[split]) for split in self.loader_splits]
 
 

@@ -43,6 +43,8 @@ class FeatureExtraction(L.LightningModule):
         self.precision = precision
         self.on_bad_image = on_bad_image
         self.channels_last = channels_last
+        # a rank whose shards are all done gets empty loaders while the others still extract
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def on_predict_start(self) -> None:
         self.extractor.eval()
