@@ -40,6 +40,24 @@ def check_image_options(image_size: int | None, channels: int, mean: Sequence[fl
     in_range("data.rotation_degrees", rotation_degrees, 0.0, 180.0)
 
 
+def seeded_split(n: int, val_size: int, train_subset: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """``(train indices, val indices)`` of ``n`` official-train images, each sorted: ``val_size``
+    drawn by a permutation seeded by ``seed``, then the first ``train_subset`` of the rest (all if
+    ``None``). Every image datamodule splits this way, so one seed gives one split."""
+    if val_size >= n:
+        raise UserError(f"data.val_size={val_size} leaves no training images: the training set "
+                        f"has {n}; set val_size below that (e.g. {max(1, n // 10)})")
+    left = n - val_size
+    if train_subset is not None and train_subset > left:
+        raise UserError(f"data.train_subset={train_subset} is more than the {left} training images "
+                        f"left after val_size={val_size}; lower it or set it to null (all)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train_idx = order[val_size:]
+    if train_subset is not None:
+        train_idx = train_idx[:train_subset]
+    return train_idx.sort().values, order[:val_size].sort().values
+
+
 class ImageDataModule(L.LightningDataModule):
     """Base for datasets small enough to hold in memory as uint8 ``(N, C, H, W)`` plus int64 labels.
 
@@ -74,18 +92,7 @@ class ImageDataModule(L.LightningDataModule):
         if self._splits:
             return
         images, labels = self.load_split_tensors(train=True)
-        if self.val_size >= len(labels):
-            raise UserError(f"data.val_size={self.val_size} leaves no training images: the training set "
-                            f"has {len(labels)}; set val_size below that (e.g. {max(1, len(labels) // 10)})")
-        left = len(labels) - self.val_size
-        if self.train_subset is not None and self.train_subset > left:
-            raise UserError(f"data.train_subset={self.train_subset} is more than the {left} training images "
-                            f"left after val_size={self.val_size}; lower it or set it to null (all)")
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
-        train_idx = order[self.val_size:]
-        if self.train_subset is not None:
-            train_idx = train_idx[: self.train_subset]
-        val_idx, train_idx = order[: self.val_size].sort().values, train_idx.sort().values
+        train_idx, val_idx = seeded_split(len(labels), self.val_size, self.train_subset, self.seed)
         self._splits["train"] = (images[train_idx], labels[train_idx])
         self._splits["val"] = (images[val_idx], labels[val_idx])
         self._splits["test"] = self.load_split_tensors(train=False)

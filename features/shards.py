@@ -134,6 +134,15 @@ class ShardStore:
         atomic_write_json(self.folder / "store.json", want)
         return removed
 
+    def remove_temp_files(self) -> int:
+        """Remove the temporary files a killed writer left (``.shard-*.tmp``, never served); returns
+        how many. Call only while no writer is running on this folder."""
+        removed = 0
+        for path in self.folder.glob(".shard-*.tmp") if self.folder.is_dir() else ():
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def write_shard(self, index: int, start: int, rows: np.ndarray, bad_rows: Iterable[int] = ()) -> ShardEntry:
         """Write one complete shard atomically, then its manifest entry; returns the entry.
 
