@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -21,6 +22,8 @@ from common.run_folder import check_path_component
 from common.io import check_writable_dir
 from datamodules.image_datamodule import ImageDataModule, Split
 from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
+from datamodules.shard_stream import (AlignedShards, gather_rows, open_split, rank_and_world, shard_loader,
+                                      stream_normalizers)
 from features.activation_cache import (SPLITS, ActivationCache, EntryStatus, FeatureNormalizer,
                                        Normalization, Rebuild, json_safe, sha256_file, tensor_sha256)
 from features.extractor import (FeatureExtractor, Precision, extract_features, resolve_device,
@@ -54,6 +57,46 @@ class BackboneSpec:
     pretrained: bool | str = False
 
 
+@dataclass
+class FeatureStorage:
+    """Where the training rows come from.
+
+    Attributes:
+        kind: ``memory``: the single-file cache, built here and loaded whole into every process;
+            ``shards``: shard stores written by the extraction (``features.shards``), streamed in
+            bounded memory and split over DDP ranks (``datamodules.shard_stream``; docs/at_scale.md).
+        shards_root: with ``shards``: the folder holding ``<backbone name>/<split>/index.json``.
+        memory_budget_mb: with ``shards``: feature data resident per process and loader, in MiB
+            (rows of the current group, one mapped shard, one batch); the model is not counted.
+        verify: with ``shards``: check every shard against its manifest when opening (hashes only
+            shards changed since they were last verified).
+    """
+
+    kind: Literal["memory", "shards"] = "memory"
+    shards_root: str | None = None
+    memory_budget_mb: float = 2048.0
+    verify: bool = True
+
+    @classmethod
+    def coerce(cls, value: "FeatureStorage | dict | None") -> "FeatureStorage":
+        if value is None:
+            return cls()
+        if isinstance(value, dict):
+            unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise UserError(f"data.storage has unknown option(s) {', '.join(sorted(unknown))}; "
+                                f"use kind, shards_root, memory_budget_mb, verify")
+            value = cls(**value)
+        if value.kind not in ("memory", "shards"):
+            raise UserError(f"data.storage.kind={value.kind!r} is unknown; use 'memory' or 'shards'")
+        if value.kind == "shards" and not value.shards_root:
+            raise UserError("data.storage.kind is 'shards' but data.storage.shards_root is not set; "
+                            "give the folder holding <backbone>/<split>/index.json")
+        if not value.memory_budget_mb > 0:
+            raise UserError(f"data.storage.memory_budget_mb={value.memory_budget_mb} must be positive")
+        return value
+
+
 class DictTensorDataset(InMemoryTensorDataset):
     """Aligned feature tensors served as ``{name: (B, d_name)}`` batches, one index op per tensor."""
 
@@ -74,7 +117,9 @@ class ActivationDataModule(L.LightningDataModule):
     Batches are ``dict[str, Tensor]``: backbone name → ``(B, d_name)`` float32 features; row b of
     every tensor comes from the same image. The train loader draws rows by a permutation seeded by
     ``(seed, epoch)``; val/test keep the image order of ``images.split(...)``. ``prepare_data``
-    builds or validates the cache (see ``features.activation_cache``); ``setup`` loads it.
+    builds or validates the cache (see ``features.activation_cache``); ``setup`` loads it. With
+    ``storage.kind: shards`` every split is streamed from shard stores instead (nothing is
+    extracted or loaded whole; ``datamodules.shard_stream`` gives the order and the DDP split).
 
     Args:
         backbones: the backbones (name, arch, checkpoint, layer, ...); names must be unique.
@@ -98,6 +143,8 @@ class ActivationDataModule(L.LightningDataModule):
             (``features.extractor.compile_extractor``): faster per image, after ~30 s of
             compilation per backbone, so only for long extractions; ``auto``: on CUDA only. Not
             part of the cache key (same features up to float rounding).
+        storage: ``FeatureStorage``: ``memory`` (the default, the single-file cache) or ``shards``
+            (streamed from ``shards_root`` within ``memory_budget_mb``).
     """
 
     def __init__(
@@ -115,6 +162,7 @@ class ActivationDataModule(L.LightningDataModule):
         drop_last: bool = False,
         progress: bool = True,
         compile: bool | Literal["auto"] = "auto",
+        storage: FeatureStorage | None = None,
     ) -> None:
         super().__init__()
         if not backbones:
@@ -134,8 +182,11 @@ class ActivationDataModule(L.LightningDataModule):
                 raise UserError(f"backbones[{i}] '{spec.name}' needs a checkpoint (or pretrained: true)")
         if batch_size < 1 or extract_batch_size < 1:
             raise UserError("batch_size and extract_batch_size must be at least 1")
-        self.save_hyperparameters(ignore=["backbones", "images"])
+        storage = FeatureStorage.coerce(storage)
+        self.save_hyperparameters(ignore=["backbones", "images", "storage"])
         self.hparams["backbones"] = [dataclasses.asdict(b) for b in backbones]
+        self.hparams["storage"] = dataclasses.asdict(storage)
+        self.storage = storage
         self.hparams["images"] = f"{type(images).__module__}.{type(images).__qualname__}"
         self.specs = {b.name: b for b in backbones}
         self.images = images
@@ -156,6 +207,8 @@ class ActivationDataModule(L.LightningDataModule):
         self.cache = ActivationCache(cache_dir, normalization, rebuild, verbose=progress)
         self.last_build: list[EntryStatus] = []
         self._features: dict[str, dict[str, Tensor]] = {}
+        self._shards: dict[str, AlignedShards] = {}
+        self._stream_norms: dict[str, FeatureNormalizer | None] | None = None
         self._checkpoint_hashes: dict[tuple, str] = {}
 
     # ---- cache identity ------------------------------------------------------------------------
@@ -246,10 +299,15 @@ class ActivationDataModule(L.LightningDataModule):
         return statuses
 
     def prepare_data(self) -> None:
+        if self.storage.kind == "shards":
+            return  # the shard stores are written by the extraction stage; setup opens them
         self.images.prepare_data()
         self.build_cache()
 
     def setup(self, stage: str | None = None) -> None:
+        if self.storage.kind == "shards":
+            self._shard_split("train")
+            return
         if self._features:
             return
         self.build_cache()  # cheap when valid (hashes are remembered); recovers if prepare_data was skipped
@@ -264,7 +322,22 @@ class ActivationDataModule(L.LightningDataModule):
 
     # ---- loaders -------------------------------------------------------------------------------
 
+    def _shard_split(self, split: Split) -> AlignedShards:
+        """The split's shard stores, opened (and checked against ``feature_dims``) on first use."""
+        for wanted in dict.fromkeys(("train", split)):  # train first: it fixes the normalisation
+            if wanted not in self._shards:
+                self._shards[wanted] = open_split(self.storage.shards_root, self.names, wanted,
+                                                  self.feature_dims, verify=self.storage.verify)
+        if self._stream_norms is None:
+            self._stream_norms = stream_normalizers(self._shards["train"], self.cache.normalization)
+        return self._shards[split]
+
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        if self.storage.kind == "shards":
+            rank, world = rank_and_world(self.trainer)
+            return shard_loader(self._shard_split(split), self.batch_size, seed=self.seed, shuffle=shuffle,
+                                drop_last=self.drop_last and shuffle, rank=rank, world=world,
+                                memory_budget_mb=self.storage.memory_budget_mb, normalizers=self._stream_norms)
         return in_memory_loader(DictTensorDataset(self.split_features(split)), self.batch_size,
                                 shuffle=shuffle, seed=self.seed, drop_last=self.drop_last and shuffle)
 
@@ -288,7 +361,17 @@ class ActivationDataModule(L.LightningDataModule):
         return list(self.specs)
 
     def split_features(self, split: Split) -> dict[str, Tensor]:
-        """Whole split: name → ``(N, d)`` float32, row i = image i of ``images.split(split)``."""
+        """Whole split: name → ``(N, d)`` float32, row i = image i of ``images.split(split)``.
+        From shard stores: read whole (rows of undecodable images as stored, zeros)."""
+        if self.storage.kind == "shards":
+            shards = self._shard_split(split)
+            rows = np.arange(shards.rows, dtype=np.int64)
+            out = {}
+            for name, store in shards.stores.items():
+                x = torch.from_numpy(gather_rows(store, rows)).float()
+                norm = self._stream_norms[name]
+                out[name] = norm(x) if norm is not None else x
+            return out
         self.setup()
         return dict(self._features[split])
 
@@ -306,6 +389,13 @@ class ActivationDataModule(L.LightningDataModule):
 
     def normalizer(self, name: str) -> FeatureNormalizer:
         """The normalisation the cached rows of ``name`` went through (stats from the train split)."""
+        if self.storage.kind == "shards":
+            self._shard_split("train")
+            if self._stream_norms[name] is not None:
+                return self._stream_norms[name]
+            store = self._shards["train"].stores[name]
+            return FeatureNormalizer.from_manifest({"key": store.key, "stats": (store.key or {}).get("stats")},
+                                                   f"'{store.index_path}'")
         return self.cache.normalizer(name)
 
     def backbone(self, name: str) -> nn.Module:
