@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -22,8 +21,8 @@ from common.run_folder import check_path_component
 from common.io import check_writable_dir
 from datamodules.image_datamodule import ImageDataModule, Split
 from datamodules.in_memory import InMemoryTensorDataset, in_memory_loader
-from datamodules.shard_stream import (AlignedShards, gather_rows, open_split, rank_and_world, shard_loader,
-                                      stream_normalizers)
+from datamodules.shard_features import ShardFeatureData
+from datamodules.shard_stream import rank_and_world
 from features.activation_cache import (SPLITS, ActivationCache, EntryStatus, FeatureNormalizer,
                                        Normalization, Rebuild, json_safe, sha256_file, tensor_sha256)
 from features.extractor import (FeatureExtractor, Precision, extract_features, resolve_device,
@@ -207,8 +206,9 @@ class ActivationDataModule(L.LightningDataModule):
         self.cache = ActivationCache(cache_dir, normalization, rebuild, verbose=progress)
         self.last_build: list[EntryStatus] = []
         self._features: dict[str, dict[str, Tensor]] = {}
-        self._shards: dict[str, AlignedShards] = {}
-        self._stream_norms: dict[str, FeatureNormalizer | None] | None = None
+        self.stream = None if storage.kind == "memory" else ShardFeatureData(
+            storage.shards_root, self.names, None, batch_size, seed, normalization, storage.memory_budget_mb,
+            storage.verify, drop_last)
         self._checkpoint_hashes: dict[tuple, str] = {}
 
     # ---- cache identity ------------------------------------------------------------------------
@@ -299,14 +299,15 @@ class ActivationDataModule(L.LightningDataModule):
         return statuses
 
     def prepare_data(self) -> None:
-        if self.storage.kind == "shards":
+        if self.stream is not None:
             return  # the shard stores are written by the extraction stage; setup opens them
         self.images.prepare_data()
         self.build_cache()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.storage.kind == "shards":
-            self._shard_split("train")
+        if self.stream is not None:
+            self.stream.feature_dims = self.feature_dims  # each store must hold its backbone's width
+            self.stream.setup(stage)
             return
         if self._features:
             return
@@ -322,22 +323,10 @@ class ActivationDataModule(L.LightningDataModule):
 
     # ---- loaders -------------------------------------------------------------------------------
 
-    def _shard_split(self, split: Split) -> AlignedShards:
-        """The split's shard stores, opened (and checked against ``feature_dims``) on first use."""
-        for wanted in dict.fromkeys(("train", split)):  # train first: it fixes the normalisation
-            if wanted not in self._shards:
-                self._shards[wanted] = open_split(self.storage.shards_root, self.names, wanted,
-                                                  self.feature_dims, verify=self.storage.verify)
-        if self._stream_norms is None:
-            self._stream_norms = stream_normalizers(self._shards["train"], self.cache.normalization)
-        return self._shards[split]
-
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        if self.storage.kind == "shards":
-            rank, world = rank_and_world(self.trainer)
-            return shard_loader(self._shard_split(split), self.batch_size, seed=self.seed, shuffle=shuffle,
-                                drop_last=self.drop_last and shuffle, rank=rank, world=world,
-                                memory_budget_mb=self.storage.memory_budget_mb, normalizers=self._stream_norms)
+        if self.stream is not None:
+            self.setup()
+            return self.stream.loader(split, shuffle, *rank_and_world(self.trainer))
         return in_memory_loader(DictTensorDataset(self.split_features(split)), self.batch_size,
                                 shuffle=shuffle, seed=self.seed, drop_last=self.drop_last and shuffle)
 
@@ -363,15 +352,9 @@ class ActivationDataModule(L.LightningDataModule):
     def split_features(self, split: Split) -> dict[str, Tensor]:
         """Whole split: name → ``(N, d)`` float32, row i = image i of ``images.split(split)``.
         From shard stores: read whole (rows of undecodable images as stored, zeros)."""
-        if self.storage.kind == "shards":
-            shards = self._shard_split(split)
-            rows = np.arange(shards.rows, dtype=np.int64)
-            out = {}
-            for name, store in shards.stores.items():
-                x = torch.from_numpy(gather_rows(store, rows)).float()
-                norm = self._stream_norms[name]
-                out[name] = norm(x) if norm is not None else x
-            return out
+        if self.stream is not None:
+            self.setup()
+            return self.stream.split_features(split)
         self.setup()
         return dict(self._features[split])
 
@@ -389,13 +372,9 @@ class ActivationDataModule(L.LightningDataModule):
 
     def normalizer(self, name: str) -> FeatureNormalizer:
         """The normalisation the cached rows of ``name`` went through (stats from the train split)."""
-        if self.storage.kind == "shards":
-            self._shard_split("train")
-            if self._stream_norms[name] is not None:
-                return self._stream_norms[name]
-            store = self._shards["train"].stores[name]
-            return FeatureNormalizer.from_manifest({"key": store.key, "stats": (store.key or {}).get("stats")},
-                                                   f"'{store.index_path}'")
+        if self.stream is not None:
+            self.setup()
+            return self.stream.normalizer(name)
         return self.cache.normalizer(name)
 
     def backbone(self, name: str) -> nn.Module:
