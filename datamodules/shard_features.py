@@ -36,11 +36,13 @@ class ShardFeatureData(L.LightningDataModule):
         memory_budget_mb: feature data resident per loader, in MiB (``shard_stream.group_rows_for``).
         verify: check shards against their manifests when opening.
         drop_last: drop the last incomplete training batch.
+        row_key: also serve each batch's global rows ``(B,)`` under this key (for checks).
     """
 
     def __init__(self, shards_root: str | Path, names: list[str], feature_dims: Mapping[str, int] | None = None,
                  batch_size: int = 1024, seed: int = 0, normalization: Normalization = "l2",
-                 memory_budget_mb: float = 2048.0, verify: bool = True, drop_last: bool = False) -> None:
+                 memory_budget_mb: float = 2048.0, verify: bool = True, drop_last: bool = False,
+                 row_key: str | None = None) -> None:
         super().__init__()
         if not names:
             raise UserError("ShardFeatureData needs at least one backbone name")
@@ -52,6 +54,7 @@ class ShardFeatureData(L.LightningDataModule):
         self.feature_dims = dict(feature_dims) if feature_dims is not None else None
         self.batch_size, self.seed, self.normalization = batch_size, seed, normalization
         self.memory_budget_mb, self.verify, self.drop_last = memory_budget_mb, verify, drop_last
+        self.row_key = row_key
         self._shards: dict[str, AlignedShards] = {}
         self._normalizers: dict[str, FeatureNormalizer | None] | None = None
 
@@ -73,7 +76,7 @@ class ShardFeatureData(L.LightningDataModule):
         shards = self.split(split)
         return shard_loader(shards, self.batch_size, memory_budget_mb=self.memory_budget_mb, seed=self.seed,
                             shuffle=shuffle, drop_last=self.drop_last and shuffle, rank=rank, world=world,
-                            normalizers=self._normalizers)
+                            normalizers=self._normalizers, row_key=self.row_key)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", True, *rank_and_world(self.trainer))

@@ -231,15 +231,18 @@ class ShardRows(Dataset):
     backbone's rows normalised by its entry of ``normalizers`` (``None``: served as stored).
 
     Holds one group of rows (in the store dtype) at a time and drops it after the group's last
-    batch; ``last_rows`` is the global rows of the batch served last.
+    batch. ``row_key``: also serve the batch's global rows ``(B,)`` int64 under this key (checks).
     """
 
-    def __init__(self, shards: AlignedShards, normalizers: Mapping[str, FeatureNormalizer | None] | None = None) -> None:
+    def __init__(self, shards: AlignedShards, normalizers: Mapping[str, FeatureNormalizer | None] | None = None,
+                 row_key: str | None = None) -> None:
+        if row_key is not None and row_key in shards.stores:
+            raise UserError(f"row_key '{row_key}' is a backbone name; choose another")
         self.shards = shards
         self.normalizers = dict(normalizers or {})
+        self.row_key = row_key
         self._key: tuple | None = None
         self._resident: dict[str, Tensor] = {}
-        self.last_rows = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return self.shards.num_good
@@ -256,7 +259,8 @@ class ShardRows(Dataset):
             x = rows[take].float()
             norm = self.normalizers.get(name)
             out[name] = norm(x) if norm is not None else x
-        self.last_rows = batch.rows
+        if self.row_key is not None:
+            out[self.row_key] = torch.from_numpy(batch.rows)
         if batch.last:
             self._resident, self._key = {}, None
         return out
@@ -299,10 +303,11 @@ def _standardizer(train: AlignedShards, name: str) -> FeatureNormalizer:
 
 def shard_loader(shards: AlignedShards, batch_size: int, *, memory_budget_mb: float, seed: int = 0,
                  shuffle: bool = True, drop_last: bool = False, rank: int = 0, world: int = 1,
-                 normalizers: Mapping[str, FeatureNormalizer | None] | None = None) -> DataLoader:
+                 normalizers: Mapping[str, FeatureNormalizer | None] | None = None,
+                 row_key: str | None = None) -> DataLoader:
     """A loader of ``{backbone: (B, d) float32}`` batches streamed from ``shards`` (module docstring),
-    in the main process (``num_workers=0``)."""
+    in the main process (``num_workers=0``); ``row_key`` adds each batch's global rows."""
     order = ShardOrder(shards, batch_size, group_rows_for(shards, memory_budget_mb, batch_size), rank=rank,
                        world=world, seed=seed, shuffle=shuffle, drop_last=drop_last)
-    return DataLoader(ShardRows(shards, normalizers), batch_size=None, sampler=order, collate_fn=keep_batch,
+    return DataLoader(ShardRows(shards, normalizers, row_key), batch_size=None, sampler=order, collate_fn=keep_batch,
                       num_workers=0)
