@@ -106,9 +106,11 @@ def open_split(root: str | Path, names: list[str], split: str, dims: Mapping[str
 
 
 def group_rows_for(shards: AlignedShards, memory_budget_mb: float, batch_size: int) -> int:
-    """Rows resident at once (a multiple of ``batch_size``) so that the data of one process fits
-    ``memory_budget_mb``: ``group · (row_bytes + 24) + one shard + batch · Σd · (itemsize + 8)``."""
-    batch_bytes = batch_size * sum(s.dim * (np.dtype(s.dtype).itemsize + 8) for s in shards.stores.values())
+    """Rows resident at once (a multiple of ``batch_size``) so that the data of one loader fits
+    ``memory_budget_mb``: ``group · (row_bytes + 24) + one shard + batch · Σd · (itemsize + 16)``
+    (the group as stored; the shard being mapped; a batch gathered, in float32, normalised, plus
+    the batch in training and the one the loop fetched ahead)."""
+    batch_bytes = batch_size * sum(s.dim * (np.dtype(s.dtype).itemsize + 16) for s in shards.stores.values())
     fixed = shards.shard_bytes() + batch_bytes
     per_row = shards.row_bytes() + _INDEX_BYTES
     group = int((memory_budget_mb * _MB - fixed) // per_row) // batch_size * batch_size
