@@ -32,6 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="store root: <out>/<name>/<split>/")
     p.add_argument("--rows", type=int, default=1_000_000, help="train rows")
     p.add_argument("--val-rows", type=int, default=10_000, help="val rows (0: no val split)")
+    p.add_argument("--test-rows", type=int, default=0, help="test rows (0: no test split)")
     p.add_argument("--dims", nargs="+", default=list(DEFAULT_DIMS), help="name=d per backbone")
     p.add_argument("--rank", type=int, default=64, help="rank of the shared structure")
     p.add_argument("--noise", type=float, default=0.1, help="noise scale relative to the signal")
@@ -89,11 +90,13 @@ def write_split(args: argparse.Namespace, dims: dict[str, int], split: str, rows
 def main(argv=None) -> None:
     args = parse_args(argv)
     dims = parse_dims(args.dims)
-    if args.rows < 1 or args.val_rows < 0 or args.rank < 1 or args.shard_rows < 1:
-        raise UserError("--rows, --rank and --shard-rows must be >= 1 and --val-rows >= 0")
+    if args.rows < 1 or min(args.val_rows, args.test_rows) < 0 or args.rank < 1 or args.shard_rows < 1:
+        raise UserError("--rows, --rank and --shard-rows must be >= 1, --val-rows and --test-rows >= 0")
     write_split(args, dims, "train", args.rows, 0)
     if args.val_rows:
         write_split(args, dims, "val", args.val_rows, 1)
+    if args.test_rows:
+        write_split(args, dims, "test", args.test_rows, 2)
     gb = args.rows * sum(dims.values()) * np.dtype(args.dtype).itemsize / 1e9
     print(f"wrote {args.rows:,} train rows ({gb:.2f} GB) of {', '.join(f'{n} {d}-d' for n, d in dims.items())} "
           f"to '{args.out}'")

@@ -222,3 +222,21 @@ def test_streamed_training_matches_in_memory_training_on_the_same_rows(tmp_path,
     a, b = _train(streamed, 5), _train(in_memory, 5)
     assert len(a) == 5 and a == b
     assert json.dumps(a)  # finite numbers
+
+
+def test_storage_section_composes_onto_the_study_config(repo_root, tmp_path):
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--seed_everything", type=int)
+    parser.add_subclass_arguments(ActivationDataModule, "data")
+    study = ["--config", str(repo_root / "configs/fashion_mnist/activations.yaml")]
+    default = parser.instantiate(parser.parse_args(study)).data
+    assert default.storage.kind == "memory" and default.stream is None
+    shards = parser.instantiate(parser.parse_args(study + [
+        "--data.init_args.storage.kind", "shards", "--data.init_args.storage.shards_root", str(tmp_path),
+        "--data.init_args.storage.memory_budget_mb", "512"])).data
+    assert shards.stream is not None and shards.stream.memory_budget_mb == 512
+    with pytest.raises(UserError, match="no shard store for backbone 'resnet50'"):
+        shards.setup("fit")
