@@ -137,7 +137,8 @@ def _rng(*entropy: int) -> np.random.Generator:
 @dataclass(frozen=True)
 class ShardBatch:
     """What ``ShardOrder`` yields per batch: the group it belongs to, the group's global rows
-    (ascending: the order they are read in), and the batch's positions in that array."""
+    (ascending: the order they are read in), the batch's positions in that array, and whether it
+    is the group's last batch (the group is then dropped)."""
 
     group: tuple
     ids: np.ndarray
@@ -155,7 +156,8 @@ class ShardOrder(DistributedSampler):
 
     A ``DistributedSampler`` so that Lightning neither replaces it under DDP nor forgets its
     ``set_epoch``; yields one ``ShardBatch`` per step; ``len`` is the number of batches (equal on
-    every rank when shuffling, so DDP steps stay in lockstep).
+    every rank when shuffling, so DDP steps stay in lockstep). ``on_stop`` (if set) is called when
+    an iteration ends or is abandoned (e.g. after Lightning's sanity-check batches).
     """
 
     def __init__(self, shards: AlignedShards, batch_size: int, group_rows: int, *, rank: int = 0,
@@ -165,6 +167,7 @@ class ShardOrder(DistributedSampler):
         super().__init__(range(shards.num_good), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)
         self.shards, self.batch_size, self.group_rows = shards, batch_size, group_rows
+        self.on_stop = None
 
     def span(self) -> tuple[int, int]:
         """``[lo, hi)``: this rank's positions in the epoch's global sequence of good rows."""
@@ -196,6 +199,13 @@ class ShardOrder(DistributedSampler):
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def __iter__(self) -> Iterator[ShardBatch]:
+        try:
+            yield from self._batches()
+        finally:  # also when the loader's iterator is dropped part-way
+            if self.on_stop is not None:
+                self.on_stop()
+
+    def _batches(self) -> Iterator[ShardBatch]:
         lo, hi = self.span()
         total = len(self) * self.batch_size if self.drop_last else hi - lo
         for g, start in enumerate(range(0, total, self.group_rows)):
@@ -208,8 +218,7 @@ class ShardOrder(DistributedSampler):
             take[order] = np.arange(len(order))
             ids, key = seq[order], (self.shards.split, self.epoch if self.shuffle else -1, self.rank, g)
             for b in range(0, len(seq), self.batch_size):
-                yield ShardBatch(key, ids, take[b:b + self.batch_size], last=stop == total and
-                                 b + self.batch_size >= len(seq))
+                yield ShardBatch(key, ids, take[b:b + self.batch_size], last=b + self.batch_size >= len(seq))
 
 
 def gather_rows(store: ShardStore, ids: np.ndarray) -> np.ndarray:
@@ -232,8 +241,7 @@ class ShardRows(Dataset):
     """Batches of aligned rows for ``ShardBatch`` keys: ``{backbone: (B, d) float32}``, each
     backbone's rows normalised by its entry of ``normalizers`` (``None``: served as stored).
 
-    Holds one group of rows (in the store dtype) at a time and drops it after the group's last
-    batch. ``row_key``: also serve the batch's global rows ``(B,)`` int64 under this key (checks).
+    Holds one group of rows (in the store dtype) at a time, from its first batch to its last. ``row_key``: also serve the batch's global rows ``(B,)`` int64 under this key (checks).
     """
 
     def __init__(self, shards: AlignedShards, normalizers: Mapping[str, FeatureNormalizer | None] | None = None,
@@ -264,8 +272,12 @@ class ShardRows(Dataset):
         if self.row_key is not None:
             out[self.row_key] = torch.from_numpy(batch.rows)
         if batch.last:
-            self._resident, self._key = {}, None
+            self.release()
         return out
+
+    def release(self) -> None:
+        """Drop the resident group (the next batch reads its group again)."""
+        self._resident, self._key = {}, None
 
 
 def stream_normalizers(train: AlignedShards, mode: Normalization) -> dict[str, FeatureNormalizer | None]:
@@ -308,8 +320,12 @@ def shard_loader(shards: AlignedShards, batch_size: int, *, memory_budget_mb: fl
                  normalizers: Mapping[str, FeatureNormalizer | None] | None = None,
                  row_key: str | None = None) -> DataLoader:
     """A loader of ``{backbone: (B, d) float32}`` batches streamed from ``shards`` (module docstring),
-    in the main process (``num_workers=0``); ``row_key`` adds each batch's global rows."""
-    order = ShardOrder(shards, batch_size, group_rows_for(shards, memory_budget_mb, batch_size), rank=rank,
-                       world=world, seed=seed, shuffle=shuffle, drop_last=drop_last)
-    return DataLoader(ShardRows(shards, normalizers, row_key), batch_size=None, sampler=order, collate_fn=keep_batch,
-                      num_workers=0)
+    in the main process (``num_workers=0``); ``row_key`` adds each batch's global rows. Without
+    ``shuffle`` a group is one batch (rows in row order: contiguous reads; nothing is held between
+    batches, so an evaluation Lightning stops early keeps no rows)."""
+    group = group_rows_for(shards, memory_budget_mb, batch_size)
+    order = ShardOrder(shards, batch_size, group if shuffle else batch_size, rank=rank, world=world, seed=seed,
+                       shuffle=shuffle, drop_last=drop_last)
+    rows = ShardRows(shards, normalizers, row_key)
+    order.on_stop = rows.release
+    return DataLoader(rows, batch_size=None, sampler=order, collate_fn=keep_batch, num_workers=0)

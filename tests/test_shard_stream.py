@@ -103,6 +103,11 @@ def test_resident_rows_stay_within_the_memory_budget(shards):
         peak = max(peak, max((t.shape[0] for t in data._resident.values()), default=0))
     assert 0 < peak <= group
     assert data._resident == {}  # the last group is dropped after its last batch
+    batches = iter(loader)
+    next(batches)
+    assert data._resident  # a group is held while batches are served ...
+    del batches
+    assert data._resident == {}  # ... and dropped when the iteration is abandoned (sanity check)
     with pytest.raises(UserError, match="memory_budget_mb") as err:
         group_rows_for(shards, 0.001, 8)
     assert "\n" not in str(err.value)
@@ -240,3 +245,20 @@ def test_storage_section_composes_onto_the_study_config(repo_root, tmp_path):
     assert shards.stream is not None and shards.stream.memory_budget_mb == 512
     with pytest.raises(UserError, match="no shard store for backbone 'resnet50'"):
         shards.setup("fit")
+
+
+def test_trainer_sanity_check_leaves_no_validation_rows_resident(tmp_path, one_thread):
+    from datamodules.shard_features import ShardFeatureData
+
+    write_id_stores(tmp_path, 64, {"a": 12, "b": 10}, {"a": 16, "b": 16}, splits=("train", "val"))
+    data = ShardFeatureData(tmp_path, ["a", "b"], batch_size=8, normalization="none", memory_budget_mb=0.05)
+    held = []
+
+    class ValHeld(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            held.append(len(trainer.val_dataloaders.dataset._resident))
+
+    model = UniversalSAE({"a": 12, "b": 10}, sae=SparseCoderConfig(n_latents=16, k=2, select_dtype="float32"))
+    L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, num_sanity_val_steps=1, callbacks=[ValHeld()]).fit(model, datamodule=data)
+    assert held == [0, 0]
