@@ -7,8 +7,9 @@ one group fits the memory budget; ``ShardRows`` reads a group's rows from the me
 of every backbone and serves ``{backbone: (B, d) float32}`` batches from it. ``shard_loader`` puts
 them together.
 
-Order of one epoch (seed s, epoch e): the shards of the first store are permuted by (s, e); the
-good rows of each shard are permuted by (s, e, shard); the concatenation is cut into ``world``
+Order of one epoch (seed s, epoch e): the good rows of each shard of the first store are permuted
+by (s, e, shard) and cut into pieces (so a group holds pieces of about ``GROUP_SPAN`` shards); the
+pieces are permuted by (s, e); the concatenation is cut into ``world``
 equal contiguous parts (the last ``N mod world`` rows are left out this epoch), one per rank; a
 rank's part is cut into groups of ``group_rows`` rows, each shuffled again by (s, e, rank, group)
 and served as batches. Without shuffling (val/test) rows come in row order, split into ``world``
@@ -33,6 +34,7 @@ from features.activation_cache import FeatureNormalizer, Normalization
 from features.shards import ShardStore
 
 _MB = 1 << 20
+GROUP_SPAN = 16  # a training group holds rows of about this many shards (pieces of each)
 _INDEX_BYTES = 24  # per resident row: its global id, its position in the group, its batch slot
 
 
@@ -168,6 +170,12 @@ class ShardOrder(DistributedSampler):
                          drop_last=drop_last)
         self.shards, self.batch_size, self.group_rows = shards, batch_size, group_rows
         self.on_stop = None
+        # pieces per shard: small enough that one group draws from about GROUP_SPAN shards
+        longest = int((shards.blocks[:, 1] - shards.blocks[:, 0]).max())
+        self.pieces = max(1, min(longest, -(-longest * GROUP_SPAN // group_rows))) if shuffle else 1
+        n = shards.good[:, None]
+        cuts = n * np.arange(self.pieces + 1)[None, :] // self.pieces  # piece j of block k: [cuts[k,j], cuts[k,j+1])
+        self._cuts, self._piece_rows = cuts, np.diff(cuts, axis=1).reshape(-1)
 
     def span(self) -> tuple[int, int]:
         """``[lo, hi)``: this rank's positions in the epoch's global sequence of good rows."""
@@ -183,19 +191,22 @@ class ShardOrder(DistributedSampler):
 
     def sequence(self, lo: int, hi: int) -> np.ndarray:
         """Global rows at positions ``[lo, hi)`` of this epoch's sequence (before group shuffling)."""
-        blocks = (_rng(self.seed, self.epoch, 0).permutation(len(self.shards.good)) if self.shuffle
-                  else np.arange(len(self.shards.good)))
-        counts = self.shards.good[blocks]
-        ends = np.cumsum(counts)
-        parts, k = [], int(np.searchsorted(ends, lo, side="right"))
-        while k < len(blocks) and lo < hi:
-            begin = int(ends[k] - counts[k])
-            rows = self.shards.block_rows(int(blocks[k]))
-            if self.shuffle:
-                rows = rows[_rng(self.seed, self.epoch, 1, int(blocks[k])).permutation(len(rows))]
-            stop = min(hi, int(ends[k]))
+        count = len(self._piece_rows)
+        pieces = _rng(self.seed, self.epoch, 0).permutation(count) if self.shuffle else np.arange(count)
+        sizes = self._piece_rows[pieces]
+        ends = np.cumsum(sizes)
+        parts, i, permuted = [], int(np.searchsorted(ends, lo, side="right")), {}
+        while i < count and lo < hi:
+            block, j = divmod(int(pieces[i]), self.pieces)
+            if block not in permuted:
+                rows = self.shards.block_rows(block)
+                if self.shuffle:
+                    rows = rows[_rng(self.seed, self.epoch, 1, block).permutation(len(rows))]
+                permuted = {block: rows}  # pieces of one block are rarely adjacent: keep one
+            rows = permuted[block][self._cuts[block, j]:self._cuts[block, j + 1]]
+            begin, stop = int(ends[i] - sizes[i]), min(hi, int(ends[i]))
             parts.append(rows[lo - begin:stop - begin])
-            lo, k = stop, k + 1
+            lo, i = stop, i + 1
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def __iter__(self) -> Iterator[ShardBatch]:

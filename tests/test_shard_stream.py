@@ -262,3 +262,17 @@ def test_trainer_sanity_check_leaves_no_validation_rows_resident(tmp_path, one_t
     L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, num_sanity_val_steps=1, callbacks=[ValHeld()]).fit(model, datamodule=data)
     assert held == [0, 0]
+
+
+def test_a_training_group_mixes_rows_of_many_shards(tmp_path):
+    """Rows written in class order (one class per shard) still meet in every group."""
+    from datamodules.shard_stream import GROUP_SPAN
+
+    root = write_id_stores(tmp_path, 2000, {"a": 2, "b": 2}, {"a": 50, "b": 50})
+    order = ShardOrder(open_split(root, ["a", "b"], "train"), 16, 160, shuffle=True)
+    groups = {}
+    for key in order:
+        groups.setdefault(key.group, set()).update((key.rows // 50).tolist())
+    assert len(groups) == 13  # 2000 rows in groups of 160
+    # whole shards in a row would give 4 or 5 per group
+    assert min(len(shards) for shards in list(groups.values())[:-1]) >= GROUP_SPAN // 2
