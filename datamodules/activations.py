@@ -21,6 +21,8 @@ from common.run_folder import check_path_component
 from common.io import check_writable_dir
 from datamodules.image_datamodule import ImageDataModule, Split
 from datamodules.in_memory import InMemoryTensorDataset, SplitLoaders, in_memory_loader
+from datamodules.shard_features import ShardFeatureData
+from datamodules.shard_stream import rank_and_world
 from features.activation_cache import (SPLITS, ActivationCache, EntryStatus, FeatureNormalizer,
                                        Normalization, Rebuild, manifest_json, sha256_file, tensor_sha256)
 from features.extractor import (FeatureExtractor, Precision, extract_features, resolve_device,
@@ -54,6 +56,46 @@ class BackboneSpec:
     pretrained: bool | str = False
 
 
+@dataclass
+class FeatureStorage:
+    """Where the training rows come from.
+
+    Attributes:
+        kind: ``memory``: the single-file cache, built here and loaded whole into every process;
+            ``shards``: shard stores written by the extraction (``features.shards``), streamed in
+            bounded memory and split over DDP ranks (``datamodules.shard_stream``; docs/at_scale.md).
+        shards_root: with ``shards``: the folder holding ``<backbone name>/<split>/index.json``.
+        memory_budget_mb: with ``shards``: feature data resident per process and loader, in MiB
+            (rows of the current group, one mapped shard, one batch); the model is not counted.
+        verify: with ``shards``: check every shard against its manifest when opening (hashes only
+            shards changed since they were last verified).
+    """
+
+    kind: Literal["memory", "shards"] = "memory"
+    shards_root: str | None = None
+    memory_budget_mb: float = 2048.0
+    verify: bool = True
+
+    @classmethod
+    def coerce(cls, value: "FeatureStorage | dict | None") -> "FeatureStorage":
+        if value is None:
+            return cls()
+        if isinstance(value, dict):
+            unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise UserError(f"data.storage has unknown option(s) {', '.join(sorted(unknown))}; "
+                                f"use kind, shards_root, memory_budget_mb, verify")
+            value = cls(**value)
+        if value.kind not in ("memory", "shards"):
+            raise UserError(f"data.storage.kind={value.kind!r} is unknown; use 'memory' or 'shards'")
+        if value.kind == "shards" and not value.shards_root:
+            raise UserError("data.storage.kind is 'shards' but data.storage.shards_root is not set; "
+                            "give the folder holding <backbone>/<split>/index.json")
+        if not value.memory_budget_mb > 0:
+            raise UserError(f"data.storage.memory_budget_mb={value.memory_budget_mb} must be positive")
+        return value
+
+
 class DictTensorDataset(InMemoryTensorDataset):
     """Aligned feature tensors served as ``{name: (B, d_name)}`` batches, one index op per tensor."""
 
@@ -74,7 +116,9 @@ class ActivationDataModule(SplitLoaders, L.LightningDataModule):
     Batches are ``dict[str, Tensor]``: backbone name → ``(B, d_name)`` float32 features; row b of
     every tensor comes from the same image. The train loader draws rows by a permutation seeded by
     ``(seed, epoch)``; val/test keep the image order of ``images.split(...)``. ``prepare_data``
-    builds or validates the cache (see ``features.activation_cache``); ``setup`` loads it.
+    builds or validates the cache (see ``features.activation_cache``); ``setup`` loads it. With
+    ``storage.kind: shards`` every split is streamed from shard stores instead (nothing is
+    extracted or loaded whole; ``datamodules.shard_stream`` gives the order and the DDP split).
 
     Args:
         backbones: the backbones (name, arch, checkpoint, layer, ...); names must be unique.
@@ -98,6 +142,8 @@ class ActivationDataModule(SplitLoaders, L.LightningDataModule):
             (``features.extractor.compile_extractor``): faster per image, after ~30 s of
             compilation per backbone, so only for long extractions; ``auto``: on CUDA only. Not
             part of the cache key (same features up to float rounding).
+        storage: ``FeatureStorage``: ``memory`` (the default, the single-file cache) or ``shards``
+            (streamed from ``shards_root`` within ``memory_budget_mb``).
     """
 
     def __init__(
@@ -115,6 +161,7 @@ class ActivationDataModule(SplitLoaders, L.LightningDataModule):
         drop_last: bool = False,
         progress: bool = True,
         compile: bool | Literal["auto"] = "auto",
+        storage: FeatureStorage | None = None,
     ) -> None:
         super().__init__()
         if not backbones:
@@ -134,8 +181,11 @@ class ActivationDataModule(SplitLoaders, L.LightningDataModule):
                 raise UserError(f"backbones[{i}] '{spec.name}' needs a checkpoint (or pretrained: true)")
         if batch_size < 1 or extract_batch_size < 1:
             raise UserError("batch_size and extract_batch_size must be at least 1")
-        self.save_hyperparameters(ignore=["backbones", "images"])
+        storage = FeatureStorage.coerce(storage)
+        self.save_hyperparameters(ignore=["backbones", "images", "storage"])
         self.hparams["backbones"] = [dataclasses.asdict(b) for b in backbones]
+        self.hparams["storage"] = dataclasses.asdict(storage)
+        self.storage = storage
         self.hparams["images"] = f"{type(images).__module__}.{type(images).__qualname__}"
         self.specs = {b.name: b for b in backbones}
         self.images = images
@@ -156,6 +206,9 @@ class ActivationDataModule(SplitLoaders, L.LightningDataModule):
         self.cache = ActivationCache(cache_dir, normalization, rebuild, verbose=progress)
         self.last_build: list[EntryStatus] = []
         self._features: dict[str, dict[str, Tensor]] = {}
+        self.stream = None if storage.kind == "memory" else ShardFeatureData(
+            storage.shards_root, self.names, None, batch_size, seed, normalization, storage.memory_budget_mb,
+            storage.verify, drop_last)
         self._checkpoint_hashes: dict[tuple, str] = {}
 
     # ---- cache identity ------------------------------------------------------------------------
@@ -246,10 +299,16 @@ class ActivationDataModule(SplitLoaders, L.LightningDataModule):
         return statuses
 
     def prepare_data(self) -> None:
+        if self.stream is not None:
+            return  # the shard stores are written by the extraction stage; setup opens them
         self.images.prepare_data()
         self.build_cache()
 
     def setup(self, stage: str | None = None) -> None:
+        if self.stream is not None:
+            self.stream.feature_dims = self.feature_dims  # each store must hold its backbone's width
+            self.stream.setup(stage)
+            return
         if self._features:
             return
         self.build_cache()  # cheap when valid (hashes are remembered); recovers if prepare_data was skipped
@@ -265,6 +324,9 @@ class ActivationDataModule(SplitLoaders, L.LightningDataModule):
     # ---- loaders -------------------------------------------------------------------------------
 
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        if self.stream is not None:
+            self.setup()
+            return self.stream.loader(split, shuffle, *rank_and_world(self.trainer))
         return in_memory_loader(DictTensorDataset(self.split_features(split)), self.batch_size,
                                 shuffle=shuffle, seed=self.seed, drop_last=self.drop_last and shuffle)
 
@@ -276,7 +338,11 @@ class ActivationDataModule(SplitLoaders, L.LightningDataModule):
         return list(self.specs)
 
     def split_features(self, split: Split) -> dict[str, Tensor]:
-        """Whole split: name → ``(N, d)`` float32, row i = image i of ``images.split(split)``."""
+        """Whole split: name → ``(N, d)`` float32, row i = image i of ``images.split(split)``.
+        From shard stores: read whole (rows of undecodable images as stored, zeros)."""
+        if self.stream is not None:
+            self.setup()
+            return self.stream.split_features(split)
         self.setup()
         return dict(self._features[split])
 
@@ -294,6 +360,9 @@ class ActivationDataModule(SplitLoaders, L.LightningDataModule):
 
     def normalizer(self, name: str) -> FeatureNormalizer:
         """The normalisation the cached rows of ``name`` went through (stats from the train split)."""
+        if self.stream is not None:
+            self.setup()
+            return self.stream.normalizer(name)
         return self.cache.normalizer(name)
 
     def backbone(self, name: str) -> nn.Module:
