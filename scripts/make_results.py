@@ -347,13 +347,16 @@ def readme_headline(ctx: Context) -> str | None:
     if paths:
         reports = [read_json(p) for p in paths]
         models = reports[0]["setup"]["models"]
-        for r in reports:
-            for system in ("usae", "independent"):
-                h = r["headline"][system]
-                h["rare_worst"] = max(h.get(f"rare_fraction/{m}", float("nan")) for m in models)
+
+        def value(report: dict, system: str, key: str) -> Any:
+            h = report["headline"][system]
+            if key == "rare_worst":  # derived: the model with the most rare latents
+                return max(h.get(f"rare_fraction/{m}", float("nan")) for m in models)
+            return h.get(key)
+
         for label, key, percent in README_ROWS:
-            u = [r["headline"]["usae"].get(key) for r in reports]
-            i = [r["headline"]["independent"].get(key) for r in reports]
+            u = [value(r, "usae", key) for r in reports]
+            i = [value(r, "independent", key) for r in reports]
             lines.append([label, pm(*mean_std(u), percent=percent), pm(*mean_std(i), percent=percent),
                           f"{len(reports)} seeds"])
     ksparse = sys.modules.get("scripts.results_ksparse")
