@@ -1,7 +1,7 @@
 """Build or check the activation cache from YAML, as a pipeline stage of its own.
 
     python build_cache.py --config configs/fashion_mnist/activations.yaml [--data.init_args.rebuild never]
-    python build_cache.py --config configs/imagenet/activations.yaml --store shards \
+    python build_cache.py --config configs/imagenet/activations.yaml --config configs/imagenet/shards.yaml \
         --trainer.devices 8 --trainer.num_nodes 2 --trainer.strategy ddp
 
 Reads the ``data:`` section (an ``ActivationDataModule``); other sections of a composed training

@@ -3,15 +3,18 @@
     python benchmarks/bench_probe_k.py                          # k' = 50 100 150 250 1024, L-BFGS
     python benchmarks/bench_probe_k.py --ks 50 --solvers lbfgs adam   # the two solvers side by side
     python benchmarks/bench_probe_k.py --encoder runs/fashion_mnist_ksae/main/encoder.pth --quick
+    python benchmarks/bench_probe_k.py --ks 50 --solvers adam --pixels --adam 256:1e-3 1024:2e-3  # batch:lr
 
 Makhzani & Frey (2013, Algorithm 1) train with the top k units and encode for classification with
 the top αk (α ≥ 1). Each row fits ``LinearProbe`` with the options of ``configs/fashion_mnist/
 probe.yaml`` (L-BFGS: one epoch per L2 weight of its grid; Adam: up to ``trainer.max_epochs``
 epochs with early stopping on validation accuracy), keeps the epoch best on validation and tests
 it once. The choice of ``encode_k`` (per solver) is made on the validation column and marked; the
-test column is for information. Fit times are wall seconds of ``trainer.fit`` on features already
-extracted, rows run one after the other in this process: on a shared machine they move with its
-load (the load average is printed).
+test column is for information. ``--adam B:LR ...`` fits Adam once per batch size and learning
+rate instead of probe.yaml's; the choice is then made per feature set among those pairs (ties: the
+faster fit). Fit times are wall seconds of ``trainer.fit`` on features already extracted, rows run
+one after the other in this process: on a shared machine they move with its load (the load
+average is printed).
 """
 
 from __future__ import annotations
@@ -47,9 +50,13 @@ def probe_config() -> dict:
             "batch_size": config["data"]["init_args"]["batch_size"]}
 
 
-def fit_probe(encoder: str | None, encode_k: int | None, solver: str, args: argparse.Namespace) -> dict:
-    """Fit one probe as probe.yaml does; returns its validation choice, test accuracy and fit time."""
+def fit_probe(encoder: str | None, encode_k: int | None, solver: str, args: argparse.Namespace,
+              adam: tuple[int, float] | None = None) -> dict:
+    """Fit one probe as probe.yaml does (Adam at ``adam`` = (batch, lr) if given); returns its
+    validation choice, test accuracy and fit time."""
     config = probe_config()
+    if adam is not None:
+        config["batch_size"], config["model"]["lr"] = adam
     options = {k: v for k, v in config["model"].items() if k not in ("encoder_path", "encode_k", "solver", "lbfgs")}
     lbfgs = LBFGSOptions(**{**(config["model"].get("lbfgs") or {})})
     if lbfgs.l2_grid is not None:
@@ -80,27 +87,45 @@ def fit_probe(encoder: str | None, encode_k: int | None, solver: str, args: argp
         test = trainer.test(probe, datamodule=data, ckpt_path="best", verbose=False)[0]
     return {"encode_k": encode_k, "solver": solver, "val_acc": float(checkpoint.best_model_score),
             "test_acc": float(test["test/acc"]), "l2": float(test["test/l2"]), "best_epoch": best_epoch,
-            "epochs": trainer.current_epoch, "fit_s": fit_s}
+            "epochs": trainer.current_epoch, "fit_s": fit_s, "batch_size": config["batch_size"],
+            "lr": float(config["model"]["lr"]) if solver == "adam" else None}
 
 
 def choose(rows: list[dict]) -> dict:
-    """The row best on validation; ties go to the sparser code (smaller encode_k)."""
-    return max(rows, key=lambda r: (r["val_acc"], -(r["encode_k"] or 0)))
+    """The row best on validation; ties go to the sparser code (smaller encode_k), then the faster fit."""
+    return max(rows, key=lambda r: (r["val_acc"], -(r["encode_k"] if isinstance(r["encode_k"], int) else 0),
+                                    -r["fit_s"]))
+
+
+def adam_pair(text: str) -> tuple[int, float]:
+    """'1024:2e-3' → (1024, 0.002)."""
+    try:
+        batch, lr = text.split(":")
+        return int(batch), float(lr)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not BATCH:LR (e.g. 1024:2e-3)") from None
 
 
 def markdown(results: dict) -> str:
     lines = [f"encoder {results['encoder']}; {results['settings']}; torch threads {results['threads']}, "
              f"load average {results['load_average']} (shared machine: fit times move with its load)", "",
-             "| encode_k | solver | val acc % (choice) | test acc % | L2 weight | best epoch / epochs | fit s |",
-             "|---|---|---|---|---|---|---|"]
+             "| encode_k | solver | batch, lr | val acc % (choice) | test acc % | L2 weight | best epoch / epochs "
+             "| fit s |", "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         mark = "**" if r.get("chosen") else ""
         k = "encoder's k" if r["encode_k"] is None else r["encode_k"]
-        lines.append(f"| {mark}{k}{mark} | {r['solver']} | {mark}{100 * r['val_acc']:.2f}{mark} | "
+        lines.append(f"| {mark}{k}{mark} | {r['solver']} | {optimiser(r)} | {mark}{100 * r['val_acc']:.2f}{mark} | "
                      f"{100 * r['test_acc']:.2f} | {r['l2']:.0e} | {r['best_epoch'] + 1} / {r['epochs']} | "
                      f"{r['fit_s']:.1f} |")
-    lines += ["", "Bold: the encode_k chosen on validation for each solver."]
+    lines += ["", "Bold: chosen on validation for each solver (with --adam: for each feature set)."]
     return "\n".join(lines) + "\n"
+
+
+def optimiser(row: dict) -> str:
+    """'1024, 0.002' for an Adam row, 'full batch' for L-BFGS, '' for Adam rows of older files."""
+    if row.get("lr") is not None:
+        return f"{row['batch_size']}, {row['lr']:g}"
+    return "full batch" if row["solver"] == "lbfgs" else ""
 
 
 def load_average() -> str:
@@ -117,6 +142,8 @@ def main(argv=None) -> dict:
     p.add_argument("--ks", type=int, nargs="*", default=[50, 100, 150, 250, 1024], help="values of encode_k")
     p.add_argument("--solvers", nargs="*", default=["lbfgs"], choices=["lbfgs", "adam"])
     p.add_argument("--pixels", action="store_true", help="also probe raw pixels (the baseline)")
+    p.add_argument("--adam", type=adam_pair, nargs="*", default=None, metavar="BATCH:LR",
+                   help="Adam batch sizes and learning rates to compare (default: probe.yaml's one pair)")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--train-subset", type=int, default=None, help="train on this many images")
     p.add_argument("--max-epochs", type=int, default=None, help="cap on Adam's epochs (default: probe.yaml's)")
@@ -142,6 +169,25 @@ def main(argv=None) -> dict:
         atomic_write_json(out / f"{stem}.json", results)
         atomic_write_text(out / f"{stem}.md", markdown(results))
 
+    if args.adam:
+        if args.solvers != ["adam"]:
+            sys.exit("error: --adam compares Adam settings; pass --solvers adam with it")
+        for k in args.ks + (["pixels"] if args.pixels else []):
+            rows = []
+            for pair in args.adam:
+                encode = (None, None) if k == "pixels" else (str(encoder), k)
+                rows.append({**fit_probe(*encode, "adam", args, adam=pair), "encode_k": k})
+                r = rows[-1]
+                print(f"{k}, adam {pair}: val {100 * r['val_acc']:.2f}%, test {100 * r['test_acc']:.2f}%, "
+                      f"fit {r['fit_s']:.1f} s", flush=True)
+                results["rows"].append(r)
+                for row in rows:
+                    row["chosen"] = False
+                choose(rows)["chosen"] = True
+                save()
+        print(markdown(results))
+        print(f"written to {out / stem}.json / .md")
+        return results
     for solver in args.solvers:
         rows = []
         for k in args.ks:

@@ -116,6 +116,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def replace_between_markers(path: str | os.PathLike, begin: str, end: str, text: str) -> bool:
+    """Atomically replace what lies between the markers ``begin`` and ``end`` of the UTF-8 file at
+    ``path`` with ``text`` (markers kept, each on its own line); False, file untouched, without them."""
+    doc = Path(path).read_text(encoding="utf-8")
+    start, stop = doc.find(begin), doc.find(end)
+    if start < 0 or stop < start:
+        return False
+    atomic_write_text(path, doc[:start + len(begin)] + "\n" + text.strip("\n") + "\n" + doc[stop:])
+    return True
+
+
 def first_non_finite(obj: Any, prefix: str = "") -> tuple[str, float] | None:
     """``(dotted key, value)`` of the first NaN/inf float nested in ``obj``'s dicts and lists, or ``None``."""
     if isinstance(obj, float):

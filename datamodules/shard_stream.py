@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from common.errors import UserError
+from common.memory import release_freed_memory
 from datamodules.in_memory import keep_batch
 from features.activation_cache import FeatureNormalizer, Normalization
 from features.shards import ShardStore
@@ -243,7 +244,7 @@ def gather_rows(store: ShardStore, ids: np.ndarray) -> np.ndarray:
         a, b = int(bounds[i]), int(bounds[i + 1])
         if a < b:
             mapped = store.mmap(i)
-            out[a:b] = mapped[ids[a:b] - starts[i]]
+            np.take(mapped, ids[a:b] - starts[i], axis=0, out=out[a:b])  # no temporary copy
             del mapped
     return out
 
@@ -271,6 +272,7 @@ class ShardRows(Dataset):
     def __getitem__(self, batch: ShardBatch) -> dict[str, Tensor]:
         if batch.group != self._key:
             self._resident, self._key = {}, None  # free the previous group before reading the next
+            release_freed_memory()  # and give its pages back (else the resident set outgrows the budget)
             self._resident = {name: torch.from_numpy(gather_rows(store, batch.ids))
                               for name, store in self.shards.stores.items()}
             self._key = batch.group

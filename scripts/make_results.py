@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.errors import UserError, run_cli  # noqa: E402
-from common.io import atomic_write_text  # noqa: E402
+from common.io import atomic_write_text, replace_between_markers  # noqa: E402
 
 SECTION_MODULES: list[str] = ["scripts.results_ksparse"]  # imported if present; each adds sections
 RARE_GOAL = 0.10  # the goal: at most this share of latents per model fire on fewer than 10 images
@@ -176,10 +176,13 @@ def run_levers(run: Path) -> dict[str, Any]:
 
 
 def sweep_rows(runs: Path, experiment: str) -> list[dict]:
-    """One dict per scored run of ``runs/<experiment>/*`` (those with a ``splits.json``)."""
+    """One dict per scored run of ``runs/<experiment>/*`` (those with a ``splits.json``), except the
+    ``seed*`` runs of the defaults (the headline's, not sweep rows)."""
     rows = []
     for split_file in sorted((runs / experiment).glob("*/splits.json")):
         run = split_file.parent
+        if run.name.startswith("seed"):
+            continue
         scores = read_json(split_file)
         rows.append({"version": run.name, "levers": run_levers(run), "val": scores["val"], "test": scores["test"],
                      "rare_below": scores.get("rare_below", 10)})
@@ -380,12 +383,7 @@ def readme_headline(ctx: Context) -> str | None:
 
 def write_readme_headline(readme: Path, table: str) -> bool:
     """Replace the text between the README's headline markers with ``table``; False without markers."""
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.find(README_BEGIN), text.find(README_END)
-    if start < 0 or end < start:
-        return False
-    atomic_write_text(readme, text[:start + len(README_BEGIN)] + "\n" + table + "\n" + text[end:])
-    return True
+    return replace_between_markers(readme, README_BEGIN, README_END, table)
 
 
 # ----- the document --------------------------------------------------------------------------------

@@ -170,17 +170,19 @@ def firing_figure(runs: Path, figure: Figure) -> str | None:
 
 
 def probe_k_section(runs: Path) -> tuple[str, str] | None:
+    from benchmarks.bench_probe_k import optimiser  # the benchmark's own column
+
     files = sorted(runs.glob("bench_probe_k*/probe_k.json"))
     rows = []
     for path in files:
         for r in (_json(path) or {}).get("rows", []):
             mark = "**" if r.get("chosen") else ""
             k = "raw pixels" if r["encode_k"] == "pixels" else ("encoder's k" if r["encode_k"] is None else r["encode_k"])
-            rows.append([f"{mark}{k}{mark}", r["solver"], f"{mark}{100 * r['val_acc']:.2f}{mark}",
+            rows.append([f"{mark}{k}{mark}", r["solver"], optimiser(r), f"{mark}{100 * r['val_acc']:.2f}{mark}",
                          f"{100 * r['test_acc']:.2f}", f"{r['l2']:g}", f"{r['fit_s']:.0f}", path.parent.name])
     if not rows:
         return None
-    body = table(["encode_k", "solver", "val acc % (choice)", "test acc % (information)", "L2 weight",
+    body = table(["encode_k", "solver", "batch, lr", "val acc % (choice)", "test acc % (information)", "L2 weight",
                   "fit s (shared machine)", "source"], rows)
     return ("k-sparse: probe solver and encode_k, chosen on validation",
             body + "\n\nBold: chosen on validation (per solver, per run of the benchmark). *From "

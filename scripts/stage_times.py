@@ -34,9 +34,11 @@ MACHINE = re.compile(r"^(?:start-up: )?(machine: [^;]+(?:;[^;]+){1,4})")
 def parse_log(text: str) -> dict:
     """``{"machine": str | None, "stages": [{"stage", "seconds", "note"}], "total_s"}`` of one log."""
     lines = re.split(r"[\r\n]+", text)
-    machine, stages, last_t, day = None, [], None, 0
+    machine, stages, last_t, day, ended = None, [], None, 0, False
     for line in lines:
         m = BANNER.match(line.strip())
+        if m and ended:
+            continue  # banners after "... done" (where to look) are not stages
         if m:
             t = int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3]) + day
             if last_t is not None and t < last_t:  # past midnight
@@ -44,8 +46,11 @@ def parse_log(text: str) -> dict:
                 t += 86400
             if stages:
                 stages[-1]["seconds"] = t - stages[-1].pop("_start")
-            stages.append({"stage": m[4], "_start": t, "seconds": None, "note": ""})
             last_t = t
+            if re.search(r"\bdone\b", m[4]):  # the closing banner ends the run
+                ended = True
+                continue
+            stages.append({"stage": m[4], "_start": t, "seconds": None, "note": ""})
             continue
         if machine is None and (mm := MACHINE.match(line.strip())):
             machine = mm[1].strip()
@@ -53,12 +58,9 @@ def parse_log(text: str) -> dict:
             stages[-1]["note"] = f"train.py {d[2]} s" if d[2] else "FAILED"
         elif stages and SKIPPED.match(line.strip()):
             stages[-1]["note"] = "skipped (up to date)"
-    if stages:
+    if stages and "_start" in stages[-1]:
         stages[-1].pop("_start")
-        if stages[-1]["seconds"] is None and "done" in stages[-1]["stage"]:
-            stages.pop()  # the closing banner is an end marker, not a stage
-        else:
-            stages[-1]["note"] = stages[-1]["note"] or "unfinished in this log"
+        stages[-1]["note"] = stages[-1]["note"] or "unfinished in this log"
     total = sum(s["seconds"] for s in stages if s["seconds"] is not None)
     return {"machine": machine, "stages": stages, "total_s": total}
 
@@ -126,18 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"{args.note}\n\n" if args.note else "") + table(columns)
     print(text, end="")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from common.io import atomic_write_text
+    from common.io import atomic_write_text, replace_between_markers
 
     if args.out:
         atomic_write_text(Path(args.out), text)
     if args.update:
-        doc = Path(args.update).read_text(encoding="utf-8")
         begin, end = "<!-- stage-times:begin -->", "<!-- stage-times:end -->"
-        if begin not in doc or end not in doc:
+        if not replace_between_markers(args.update, begin, end, text):
             print(f"error: {args.update} has no {begin} ... {end} block", file=sys.stderr)
             return 2
-        head, rest = doc.split(begin, 1)
-        atomic_write_text(Path(args.update), f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
     if args.json:
         Path(args.json).write_text(json.dumps(columns, indent=1))
     return 0

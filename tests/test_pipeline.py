@@ -41,6 +41,7 @@ def test_stage_needs_a_fixed_run_folder(tmp_path, fashion_data_dir):
     assert result.returncode == 2 and "set run.version" in result.stderr
 
 
+@pytest.mark.slow  # the same rule in-process: test_stage.py
 def test_stage_reruns_when_an_earlier_stage_wrote_its_input_again(tmp_path, fashion_data_dir):
     upstream = tmp_path / "upstream" / "results.json"
     upstream.parent.mkdir()

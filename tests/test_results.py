@@ -53,8 +53,11 @@ def test_sweep_table_is_read_from_the_runs_and_the_choice_uses_validation_only(t
     _run(runs, "fashion_mnist_usae", "a", _split(0.90, (0.30, 0.20), 20), _split(0.95, (0.01, 0.01), 100), 1e-3)
     _run(runs, "fashion_mnist_usae", "b", _split(0.85, (0.05, 0.08), 20), _split(0.80, (0.20, 0.20), 100), 5e-4)
     _run(runs, "fashion_mnist_usae", "c", _split(0.80, (0.02, 0.02), 20), _split(0.99, (0.00, 0.00), 100), 2e-4)
+    # a seed run of the defaults is the headline's, not a sweep row (it would win on val here)
+    _run(runs, "fashion_mnist_usae", "seed1", _split(0.95, (0.01, 0.01), 20), _split(0.95, (0.0, 0.0), 100), 1e-3)
     ctx = mr.Context(runs, tmp_path / "docs", "machine: test")
     text = mr.build(ctx, [mr.universality_sweep])
+    assert "`seed1`" not in text
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     chosen = [line for line in lines if "**chosen**" in line]
     assert len(chosen) == 1 and "`b`" in chosen[0]  # not a (fails on val), not c (lower val R²)
@@ -135,3 +138,27 @@ def test_readme_headline_is_written_between_the_markers_only(tmp_path):
     no_markers = tmp_path / "OTHER.md"
     no_markers.write_text("nothing to replace\n")
     assert not mr.write_readme_headline(no_markers, "| x |") and no_markers.read_text() == "nothing to replace\n"
+
+
+def test_probe_grid_choice_is_made_on_validation_and_the_table_shows_batch_and_lr(tmp_path):
+    from benchmarks import bench_probe_k as bp
+    from scripts import results_ksparse as rk
+
+    rows = [{"encode_k": 50, "solver": "adam", "val_acc": 0.880, "test_acc": 0.890, "l2": 0.0, "fit_s": 10.0,
+             "batch_size": 256, "lr": 1e-3},
+            {"encode_k": 50, "solver": "adam", "val_acc": 0.884, "test_acc": 0.870, "l2": 0.0, "fit_s": 30.0,
+             "batch_size": 512, "lr": 2e-3},
+            {"encode_k": 50, "solver": "adam", "val_acc": 0.884, "test_acc": 0.860, "l2": 0.0, "fit_s": 20.0,
+             "batch_size": 1024, "lr": 2e-3}]
+    chosen = bp.choose(rows)
+    assert (chosen["batch_size"], chosen["lr"]) == (1024, 2e-3)  # best val, tie → faster; test never used
+    assert bp.adam_pair("1024:2e-3") == (1024, 0.002)
+    with pytest.raises(Exception, match="BATCH:LR"):
+        bp.adam_pair("1024")
+    for r in rows:
+        r["chosen"] = r is chosen
+    (tmp_path / "bench_probe_k_adam").mkdir()
+    (tmp_path / "bench_probe_k_adam" / "probe_k.json").write_text(json.dumps({"rows": rows}))
+    _, body = rk.probe_k_section(tmp_path)
+    assert "| **50** | adam | 1024, 0.002 | **88.40** | 86.00 |" in body
+    assert "| 50 | adam | 256, 0.001 | 88.00 | 89.00 |" in body

@@ -276,3 +276,30 @@ def test_a_training_group_mixes_rows_of_many_shards(tmp_path):
     assert len(groups) == 13  # 2000 rows in groups of 160
     # whole shards in a row would give 4 or 5 per group
     assert min(len(shards) for shards in list(groups.values())[:-1]) >= GROUP_SPAN // 2
+
+
+def test_release_freed_memory_is_safe_to_call_anywhere():
+    from common.memory import release_freed_memory
+
+    import platform
+
+    done = release_freed_memory()  # glibc trims; elsewhere a no-op, never an error
+    assert done is (platform.libc_ver()[0] == "glibc")
+
+
+def test_imagenet_training_config_composes_into_a_streamed_ddp_run(repo_root):
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = subprocess.run([sys.executable, "train.py", "--config", "configs/imagenet/activations.yaml",
+                          "--config", "configs/sae/usae_joint.yaml", "--config", "configs/imagenet/usae.yaml",
+                          "--print_config"], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    config = yaml.safe_load(out.stdout)
+    storage = config["data"]["init_args"]["storage"]
+    assert storage["kind"] == "shards" and storage["shards_root"] == "artifacts/activations/imagenet"
+    assert set(config["model"]["init_args"]["feature_dims"]) == {
+        b["name"] for b in config["data"]["init_args"]["backbones"]}
+    assert config["trainer"]["strategy"] == "ddp" and config["model"]["init_args"]["sae"]["n_latents"] == 10000

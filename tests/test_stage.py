@@ -38,6 +38,25 @@ def test_finished_run_is_up_to_date_and_left_alone(run):
     assert tree_state(run_dir) == before
 
 
+def test_an_input_newer_than_the_run_reruns_it_and_an_older_one_does_not(run, tmp_path):
+    import os
+    import time
+
+    config, run_dir, _ = run
+    upstream = tmp_path / "upstream.json"
+    upstream.write_text("{}")
+    past = (run_dir / "config.yaml").stat().st_mtime - 60
+    os.utime(upstream, (past, past))
+    said = []
+    assert stage.prepare(config, [upstream], say=said.append).extra is None and "up to date" in said[0]
+    later = time.time() + 5  # the earlier stage ran again and rewrote its output
+    os.utime(upstream, (later, later))
+    said.clear()
+    plan = stage.prepare(config, [upstream], say=said.append)
+    assert plan.extra == [] and "newer input" in said[0]
+    assert (run_dir.parent / "main.stale-1" / "results.json").exists() and not run_dir.exists()
+
+
 def test_garbage_results_json_is_not_done_and_moved_aside(run):
     config, run_dir, _ = run
     (run_dir / "results.json").write_bytes(b"\x00\xffnot json")

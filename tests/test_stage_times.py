@@ -15,6 +15,7 @@ Epoch 0: 10%\r Epoch 0: 100%
 ==== [23:59:45] universality report
 report written to runs/fashion_mnist_usae/main/universality_report
 ==== [00:01:05] Fashion-MNIST study done: runs/...
+==== [00:01:05] Concept explorers: runs/...
 """
 
 
@@ -29,7 +30,7 @@ def test_parse_log_times_every_stage_across_midnight():
 
 def test_unfinished_log_and_side_by_side_table(tmp_path, capsys):
     (tmp_path / "a.log").write_text(LOG)
-    (tmp_path / "b.log").write_text(LOG.rsplit("====", 1)[0])  # killed during the report
+    (tmp_path / "b.log").write_text(LOG.split("==== [00:01:05]")[0])  # killed during the report
     assert main([f"avx2={tmp_path / 'a.log'}", f"avx512={tmp_path / 'b.log'}", "--out", str(tmp_path / "t.md")]) == 0
     text = (tmp_path / "t.md").read_text()
     assert "| stage | avx2 (s) | avx512 (s) |" in text
