@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None,
                    help="steps left out of steps/s (default: steps // 10, at least 1)")
     p.add_argument("--batch-size", type=int, default=1024, help="rows per rank per step")
-    p.add_argument("--memory-budget-mb", type=float, default=1024.0, help="stream: feature data per rank (MiB)")
+    p.add_argument("--memory-budget-mb", type=float, default=512.0, help="stream: feature data per rank (MiB)")
     p.add_argument("--rows-in-memory", type=int, default=100_000,
                    help="memory: rows loaded on every rank (each trains on its half)")
     p.add_argument("--n-latents", type=int, default=4096)

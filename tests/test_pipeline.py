@@ -36,6 +36,7 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow  # the rule in-process: test_stage.py::test_stage_needs_a_pinned_run_version
 def test_stage_needs_a_fixed_run_folder(tmp_path, fashion_data_dir):
     result = run(stage_args(tmp_path, fashion_data_dir, "null"))
     assert result.returncode == 2 and "set run.version" in result.stderr

@@ -145,6 +145,16 @@ def test_stage_refuses_names_outside_the_root(tmp_path, key, value):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("version", [None, ""])
+def test_stage_needs_a_pinned_run_version(tmp_path, version):
+    from common.errors import UserError
+
+    config = {"run": {"root": str(tmp_path / "runs"), "name": "n", "version": version}}
+    with pytest.raises(UserError, match="needs a fixed run folder: set run.version"):
+        stage.prepare(config, [])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_after_file_is_refused_before_anything_moves(run, tmp_path):
     from common.errors import UserError
 
