@@ -169,40 +169,33 @@ def main(argv=None) -> dict:
         atomic_write_json(out / f"{stem}.json", results)
         atomic_write_text(out / f"{stem}.md", markdown(results))
 
+    def record(group: list[dict] | None, r: dict, label: str) -> None:
+        """Add a fitted row; within ``group`` (rows compared with each other) mark the validation choice."""
+        print(f"{label}: val {100 * r['val_acc']:.2f}%, test {100 * r['test_acc']:.2f}%, L2 {r['l2']:.0e}, "
+              f"fit {r['fit_s']:.1f} s", flush=True)
+        results["rows"].append(r)  # the same dict: the marks below show in it
+        if group is not None:
+            group.append(r)
+            for row in group:
+                row["chosen"] = False
+            choose(group)["chosen"] = True
+        save()
+
     if args.adam:
         if args.solvers != ["adam"]:
             sys.exit("error: --adam compares Adam settings; pass --solvers adam with it")
         for k in args.ks + (["pixels"] if args.pixels else []):
-            rows = []
+            group: list[dict] = []
+            encode = (None, None) if k == "pixels" else (str(encoder), k)
             for pair in args.adam:
-                encode = (None, None) if k == "pixels" else (str(encoder), k)
-                rows.append({**fit_probe(*encode, "adam", args, adam=pair), "encode_k": k})
-                r = rows[-1]
-                print(f"{k}, adam {pair}: val {100 * r['val_acc']:.2f}%, test {100 * r['test_acc']:.2f}%, "
-                      f"fit {r['fit_s']:.1f} s", flush=True)
-                results["rows"].append(r)
-                for row in rows:
-                    row["chosen"] = False
-                choose(rows)["chosen"] = True
-                save()
-        print(markdown(results))
-        print(f"written to {out / stem}.json / .md")
-        return results
-    for solver in args.solvers:
-        rows = []
-        for k in args.ks:
-            rows.append(fit_probe(str(encoder), k, solver, args))
-            r = rows[-1]
-            print(f"encode_k {k}, {solver}: val {100 * r['val_acc']:.2f}%, test {100 * r['test_acc']:.2f}%, "
-                  f"L2 {r['l2']:.0e}, fit {r['fit_s']:.1f} s", flush=True)
-            results["rows"].append(r)  # the same dict: the marks below show in it
-            for row in rows:
-                row["chosen"] = False
-            choose(rows)["chosen"] = True
-            save()
-        if args.pixels:
-            results["rows"].append({**fit_probe(None, None, solver, args), "encode_k": "pixels"})
-            save()
+                record(group, {**fit_probe(*encode, "adam", args, adam=pair), "encode_k": k}, f"{k}, adam {pair}")
+    else:
+        for solver in args.solvers:
+            group = []
+            for k in args.ks:
+                record(group, fit_probe(str(encoder), k, solver, args), f"encode_k {k}, {solver}")
+            if args.pixels:
+                record(None, {**fit_probe(None, None, solver, args), "encode_k": "pixels"}, f"pixels, {solver}")
     print(markdown(results))
     print(f"written to {out / stem}.json / .md")
     return results

@@ -233,6 +233,10 @@ class ShardOrder(DistributedSampler):
                 yield ShardBatch(key, ids, take[b:b + self.batch_size], last=b + self.batch_size >= len(seq))
 
 
+#: a dropped group at least this large is trimmed back to the OS (``common.memory``)
+TRIM_BYTES = 64 * _MB
+
+
 def gather_rows(store: ShardStore, ids: np.ndarray) -> np.ndarray:
     """Rows ``ids`` (ascending global rows) of ``store`` as one ``(len(ids), d)`` array in the
     store's dtype, read shard by shard from memory maps (one mapped at a time)."""
@@ -271,8 +275,7 @@ class ShardRows(Dataset):
 
     def __getitem__(self, batch: ShardBatch) -> dict[str, Tensor]:
         if batch.group != self._key:
-            self._resident, self._key = {}, None  # free the previous group before reading the next
-            release_freed_memory()  # and give its pages back (else the resident set outgrows the budget)
+            self.release()  # free the previous group before reading the next
             self._resident = {name: torch.from_numpy(gather_rows(store, batch.ids))
                               for name, store in self.shards.stores.items()}
             self._key = batch.group
@@ -289,8 +292,13 @@ class ShardRows(Dataset):
         return out
 
     def release(self) -> None:
-        """Drop the resident group (the next batch reads its group again)."""
+        """Drop the resident group (the next batch reads its group again). A large group's pages are
+        handed back to the OS (else the resident set outgrows the budget); the one-batch groups of
+        val and test are too small for a trim to pay on every batch."""
+        freed = sum(t.nbytes for t in self._resident.values())
         self._resident, self._key = {}, None
+        if freed >= TRIM_BYTES:
+            release_freed_memory()
 
 
 def stream_normalizers(train: AlignedShards, mode: Normalization) -> dict[str, FeatureNormalizer | None]:

@@ -20,29 +20,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.io import replace_between_markers  # noqa: E402
+from scripts.make_results import md_table  # noqa: E402
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def store_shape(r: dict) -> str:
-    """'1,000,000 train rows x (2048 + 1280) float16' from the stores' index.json (or the results)."""
+def store_shape(r: dict) -> str | None:
+    """'1,000,000 train rows × (2048 + 1280) float16 (a, b)' from the stores' index.json; None when
+    the store is not on this machine."""
     a, widths, rows, dtype = r["args"], [], None, None
     for name in a["names"]:
-        index = Path(a["store"]) / name / "train" / "index.json"
         try:
-            meta = json.loads(index.read_text(encoding="utf-8"))
+            meta = json.loads((Path(a["store"]) / name / "train" / "index.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return f"store `{a['store']}` ({', '.join(a['names'])})"
+            return None
         widths.append(str(meta["dim"]))
         rows, dtype = meta["rows"], meta["dtype"]
-    return f"store `{a['store']}`: {rows:,} train rows × ({' + '.join(widths)}) {dtype} ({', '.join(a['names'])})"
+    return f"{rows:,} train rows × ({' + '.join(widths)}) {dtype} ({', '.join(a['names'])})"
 
 
-def streaming_table(r: dict, source: str) -> str:
+def streaming_table(runs: list[dict], sources: list[str]) -> str:
     """Peak RSS per rank, steps/s, the stream / memory ratio and the row checks of bench_streaming."""
+    r, source = runs[0], sources[0]
     a = r["args"]
     rows = []
     for phase, label in (("stream", f"streamed from the shard store, budget {a['memory_budget_mb']:g} MiB per rank"),
@@ -52,15 +49,16 @@ def streaming_table(r: dict, source: str) -> str:
                      ", ".join(f"{x['peak_rss_mb']:.0f}" for x in p["ranks"]),
                      ", ".join(f"{x['rss_at_train_start_mb']:.0f}" for x in p["ranks"]),
                      f"{p['wall_s']:.0f}"])
-    body = _table(["run (2 gloo ranks)", "steps/s (slower rank)", "peak RSS MiB (rank 0, 1)",
+    body = md_table(["run (2 gloo ranks)", "steps/s (slower rank)", "peak RSS MiB (rank 0, 1)",
                    "RSS at training start MiB", "wall s"], rows)
     checks = (f"streamed / in-memory steps/s: **{r['throughput_ratio_stream_over_memory']:.3f}**; "
               f"rows re-read from every backbone's store match the batch: **{r['aligned']}** "
               f"({sum(x['batches_checked'] for x in r['stream']['ranks'])} batches checked); "
               f"ranks' rows disjoint within each epoch: **{r['ranks_disjoint_within_epoch']}**; "
               f"rows seen per rank: {', '.join(f'{n:,}' for n in r['rows_seen_per_rank'])}.")
-    setup = (f"{a['steps']} steps of {a['batch_size']} rows per rank, {a['n_latents']} latents, k = {a['k']}; "
-             f"{r.get('store_shape') or store_shape(r)}.")
+    shape = store_shape(r)
+    store = f"store `{a['store']}`: {shape}" if shape else f"store `{a['store']}` ({', '.join(a['names'])})"
+    setup = f"{a['steps']} steps of {a['batch_size']} rows per rank, {a['n_latents']} latents, k = {a['k']}; {store}."
     return "\n\n".join([f"*{r['machine']}. From `{source}`.*", setup, body, checks])
 
 
@@ -73,7 +71,7 @@ def extraction_table(r: dict, source: str) -> str:
     """Images/s with 1 and 2 processes and the kill-and-resume checks of bench_extraction_shards."""
     rows = [[f"{p['processes']}", f"{p['rows']:,}", f"{p['seconds']:.1f}", f"{p['images_per_s']:.0f}"]
             for p in (r["one_process"], r["two_processes"])]
-    body = _table(["processes", "rows written", "seconds", "images/s"], rows)
+    body = md_table(["processes", "rows written", "seconds", "images/s"], rows)
     k, c = r["kill"], r["checks"]
     resume = k["resume"]
     checks = (f"2 / 1 processes images/s: **{r['ratio_two_over_one']:.2f}×**. Killed after "
@@ -87,11 +85,6 @@ def extraction_table(r: dict, source: str) -> str:
     return "\n\n".join([f"*{r['machine']}. From `{source}`.*", setup, body, checks])
 
 
-def shape_words(streaming: dict) -> str:
-    """The store shape without its path, for the README line."""
-    return (streaming.get("store_shape") or store_shape(streaming)).split(": ", 1)[-1]
-
-
 def readme_summary(streaming: dict, extractions: list[dict]) -> str:
     """Two lines for the README: the streamed run's memory and speed, the extraction's scaling and resume."""
     a, stream = streaming["args"], streaming["stream"]
@@ -101,8 +94,9 @@ def readme_summary(streaming: dict, extractions: list[dict]) -> str:
     ratios = ", ".join(f"{r['ratio_two_over_one']:.2f}× with {r['workers_per_process']} decoding worker(s) per process"
                        for r in extractions)
     resumed = all(r["checks"]["resumed_equals_unbroken"] for r in extractions)
+    shape = store_shape(streaming) or f"({', '.join(a['names'])})"
     return (f"- Streaming: the USAE trained {a['steps']} steps on 2 gloo ranks from a synthetic "
-            f"store of {shape_words(streaming)} with a {a['memory_budget_mb']:g} MiB budget: peak RSS {peak:.0f} MiB per "
+            f"store of {shape} with a {a['memory_budget_mb']:g} MiB budget: peak RSS {peak:.0f} MiB per "
             f"rank, {streaming['throughput_ratio_stream_over_memory']:.2f}× the steps/s of an in-memory subset, "
             f"{rows:,} rows seen, aligned across backbones: {streaming['aligned']}.\n"
             f"- Extraction of {extraction['images']:,} JPEGs, images/s of 2 processes over 1: {ratios}; "
@@ -136,8 +130,8 @@ def main(argv=None) -> int:
                 return 2
         loaded[marker] = results
         sources = [command.format(path=path, workers=r.get("workers_per_process")) for path, r in zip(paths, results)]
-        table = make(results[0], sources[0]) if marker == "bench-streaming" else make(results, sources)
-        if not replace_between_markers(args.update, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->", table):
+        if not replace_between_markers(args.update, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->",
+                                       make(results, sources)):
             print(f"error: {args.update} has no <!-- {marker}:begin --> ... :end --> block", file=sys.stderr)
             return 2
         print(f"{args.update}: {marker} table from {', '.join(paths)}")

@@ -303,3 +303,19 @@ def test_imagenet_training_config_composes_into_a_streamed_ddp_run(repo_root):
     assert set(config["model"]["init_args"]["feature_dims"]) == {
         b["name"] for b in config["data"]["init_args"]["backbones"]}
     assert config["trainer"]["strategy"] == "ddp" and config["model"]["init_args"]["sae"]["n_latents"] == 10000
+
+
+def test_a_large_dropped_group_is_trimmed_and_a_one_batch_group_is_not(shards, monkeypatch):
+    import torch
+
+    from datamodules import shard_stream
+
+    trims = []
+    monkeypatch.setattr(shard_stream, "release_freed_memory", lambda: trims.append(1) or True)
+    rows = shard_stream.ShardRows(shards)
+    rows._resident, rows._key = {"a": torch.zeros(shard_stream.TRIM_BYTES // 4, dtype=torch.float32)}, ("g",)
+    rows.release()
+    assert trims == [1] and rows._resident == {} and rows._key is None
+    rows._resident, rows._key = {"a": torch.zeros(1024, 8)}, ("h",)
+    rows.release()
+    assert trims == [1] and rows._resident == {}
