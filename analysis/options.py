@@ -3,7 +3,8 @@
 ``SaeInputs`` (the trained SAE systems, their activation data and how the split is encoded) and
 ``FiringOptions`` (when a latent fires, is alive, universal or model-specific) are read by the
 universality report and the concept explorer; ``KSparseInputs`` (the k-sparse runs, their image data
-and splits) by the k-sparse study and the k-sparse explorer. Each checks its values when built.
+and splits) by the k-sparse study and the k-sparse explorer; ``PageOptions`` (what a page of either
+explorer shows and how the site is cut) by both explorers. Each checks its values when built.
 """
 
 from __future__ import annotations
@@ -170,3 +171,31 @@ class KSparseInputs:
         return {"ksae_run": str(self.ksae_run), "probe_run": str(self.probe_run), "data": type(self.data).__name__,
                 "importance_split": self.importance_split, "eval_split": self.eval_split}
 
+
+@dataclass
+class PageOptions:
+    """What the pages of a concept explorer show and how its site is written (both explorers).
+
+    Attributes:
+        n_top_images: top-activating images per latent (unit) and backbone.
+        hist_bins: bins of the activation histograms.
+        n_similar: most similar latents listed per page (by decoder and by co-activation); 0 lists none.
+        chunk_size: latent records per data file the latent page loads.
+        title: the site's title (the explorer adds what it shows).
+        wandb_rows: index rows logged to W&B when ``wandb.enabled``.
+    """
+
+    n_top_images: int = 8
+    hist_bins: int = 20
+    n_similar: int = 8
+    chunk_size: int = 256
+    title: str = "Concept explorer"
+    wandb_rows: int = 1000
+
+    def __post_init__(self) -> None:
+        for name, least in (("n_top_images", 1), ("hist_bins", 1), ("chunk_size", 1), ("n_similar", 0),
+                            ("wandb_rows", 0)):
+            value = getattr(self, name)
+            if value < least:
+                raise UserError(f"page.{name}={value} must be at least {least}")
+            setattr(self, name, int(value))

@@ -199,6 +199,33 @@ def add_cells(numbers: dict, names) -> None:
                                      else None for j, _ in enumerate(names)] for f in lat]
 
 
+def plain(value):
+    """``value`` with every numpy array and ``TopImages`` tagged as tensors and dicts, so that ``--save``
+    writes only what the safe (weights-only) loader reads back; ``unplain`` inverts it."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
+    if isinstance(value, TopImages):
+        return {"__top_images__": plain(vars(value))}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+def unplain(value):
+    """The inverse of ``plain``."""
+    if isinstance(value, dict):
+        if set(value) == {"__ndarray__"}:
+            return value["__ndarray__"].numpy()
+        if set(value) == {"__top_images__"}:
+            return TopImages(**unplain(value["__top_images__"]))
+        return {k: unplain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(unplain(v) for v in value)
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/fashion_mnist_usae/main", help="USAE run folder (checkpoints/last.ckpt, config.yaml)")
@@ -223,10 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     run = Path(args.run)
     if args.load:
         saved = [load_weights(f, "--load") for f in args.load]
-        results = {r["numbers"]["split"]: r for s in saved for r in s["results"].values()}
+        results = {r["numbers"]["split"]: unplain(r) for s in saved for r in s["results"].values()}
         names, machine, args.methods = saved[0]["names"], saved[0]["machine"], saved[0]["methods"]
         args.splits = list(results)
-        command = " ".join(s["command"] for s in saved)
+        command = "; ".join(s["command"] for s in saved)
     else:
         usae = inputs.load_system(run / "checkpoints" / "last.ckpt", "usae")
         dm = inputs.build_datamodule(None, str(run / "config.yaml"))
@@ -238,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
                    for split in args.splits}
         command = "python benchmarks/bench_feature_vis.py " + " ".join(argv if argv is not None else sys.argv[1:])
         if args.save:
-            atomic_torch_save({"results": results, "names": names, "machine": machine, "methods": args.methods,
-                               "command": command}, args.save)
+            atomic_torch_save({"results": {s: plain(r) for s, r in results.items()}, "names": names,
+                               "machine": machine, "methods": args.methods, "command": command}, args.save)
     rows = {}
     for split in args.splits:
         add_cells(results[split]["numbers"], names)

@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="time with process CPU time on 1 thread: the work each contestant does, "
                         "unaffected by other processes competing for the cores")
     p.add_argument("--skip-usae", action="store_true", help="only the single-SAE table")
+    p.add_argument("--breakdown", action="store_true",
+                   help="instead: where our full step's time goes beyond the floor, part by part")
     p.add_argument("--device", default="cpu", help="where every contestant runs: cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="bfloat16: every phase under torch.autocast(bfloat16), as bf16-mixed training")
@@ -188,6 +190,35 @@ def bench_single(d: int, n: int, k: int, batch: int, repeats: int) -> list[str]:
     return lines
 
 
+def bench_breakdown(d: int, n: int, k: int, batch: int, repeats: int) -> list[str]:
+    """Our training step timed part by part (each part after the previous one, as a step runs them),
+    beside the encoder-matmul floor: where the time between the floor and the full step goes."""
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(batch, d).abs(), dim=1).to(DEVICE)
+    sae = SparseCoder(d, SparseCoderConfig(n_latents=n, k=k, select_dtype="float32"), seed=0).to(DEVICE)
+    opt = make_adam(sae.parameters(), 1e-4)
+    w, b = sae.W_enc.detach(), sae.b_enc.detach()
+    state: dict = {}
+    parts = {
+        "floor (encoder addmm)": lambda: torch.addmm(b, x, w.t()),
+        "zero_grad": lambda: opt.zero_grad(set_to_none=True),
+        "encode (addmm + topk + gather)": lambda: state.update(codes=sae.encode_sparse(x)),
+        "decode + MSE": lambda: state.update(loss=(sae.decode_sparse(state["codes"]) - x).square().mean()),
+        "backward (sparse scatters)": lambda: state.pop("loss").backward(),
+        "gradient projection": sae.project_decoder_grad_,
+        "Adam (fused)": opt.step,
+        "renormalisation": sae.normalize_decoder_,
+    }
+    times = round_robin(parts, repeats)
+    floor = min(times["floor (encoder addmm)"])
+    step = sum(min(t) for name, t in times.items() if not name.startswith("floor"))
+    lines = [f"\n### our step, part by part: d={d}, n={n}, k={k}, batch={batch} (ms, min / median of {repeats})\n",
+             "| part | ms | / floor |", "|---|---|---|"]
+    lines += [f"| {name} | {fmt(t)} | {min(t) / floor:.2f}x |" for name, t in times.items()]
+    lines.append(f"| **step (sum of the parts' minima)** | {fmt([step])} | **{step / floor:.2f}x** |")
+    return lines
+
+
 def bench_usae(dims: dict[str, int], n: int, k: int, batch: int, repeats: int) -> list[str]:
     torch.manual_seed(0)
     data = {name: F.normalize(torch.randn(batch, d).abs(), dim=1).to(DEVICE) for name, d in dims.items()}
@@ -249,8 +280,9 @@ def main(args: argparse.Namespace) -> None:
           f"{'process CPU time' if args.cpu_time else 'wall-clock time'}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start")
     for d in dims:
-        print("\n".join(bench_single(d, n, k, batch, repeats)), flush=True)
-    if not args.skip_usae:
+        bench = bench_breakdown if args.breakdown else bench_single
+        print("\n".join(bench(d, n, k, batch, repeats)), flush=True)
+    if not args.skip_usae and not args.breakdown:
         print("\n".join(bench_usae({"model_a": dims[0], "model_b": dims[1]}, n, k, batch, repeats)), flush=True)
 
 

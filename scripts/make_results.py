@@ -30,7 +30,6 @@ import importlib
 import json
 import math
 import shutil
-import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ if str(ROOT) not in sys.path:
 
 from common.errors import UserError, run_cli  # noqa: E402
 from common.io import atomic_write_text, replace_between_markers  # noqa: E402
+from scripts.mean_std import mean_std, pm, pm_of  # noqa: E402
 
 SECTION_MODULES: list[str] = ["scripts.results_ksparse"]  # imported if present; each adds sections
 RARE_GOAL = 0.10  # the goal: at most this share of latents per model fire on fewer than 10 images
@@ -116,23 +116,6 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in row) + " |")
     return "\n".join(lines)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    if not v:
-        return float("nan"), float("nan")
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else float("nan"))
-
-
-def pm(mean: float, std: float, digits: int = 3, percent: bool = False) -> str:
-    scale, unit = (100.0, "%") if percent else (1.0, "")
-    d = 1 if percent else digits
-    if not math.isfinite(mean):
-        return "–"
-    if not math.isfinite(std):
-        return f"{scale * mean:.{d}f}{unit}"
-    return f"{scale * mean:.{d}f} ± {scale * std:.{d}f}{unit}"
 
 
 def compare(a: Sequence[float], b: Sequence[float]) -> str:
@@ -371,9 +354,7 @@ def readme_headline(ctx: Context) -> str | None:
                                           ("k-sparse AE: test MSE per pixel", "mse", 1, 5)):
             values = get(key)
             if values:
-                mean, std = mean_std([scale * v for v in values])
-                spread = f" ± {std:.{digits}f}" if math.isfinite(std) else ""
-                lines.append([label, f"{mean:.{digits}f}{spread}", "", f"{len(values)} seeds"])
+                lines.append([label, pm_of(values, scale, digits), "", f"{len(values)} seeds"])
     if not lines:
         return None
     return "\n".join([md_table(["", "USAE", "independent SAEs", "runs"], lines), "",

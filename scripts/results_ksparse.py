@@ -20,7 +20,6 @@ import csv
 import json
 import math
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.io import atomic_write_text  # noqa: E402
+from scripts.mean_std import mean_std, pm_of  # noqa: E402
 
 Figure = Callable[[Path, str], str]  # (source file, published name) → link
 GOAL = 0.88  # the study's probe goal on the k = 50 codes (test accuracy)
@@ -48,12 +48,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]  # | inside a cell
     return "\n".join(lines)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    values = [float(v) for v in values]
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def best_val_acc(run: Path) -> float | None:
@@ -88,13 +82,6 @@ def seed_rows(runs: Path) -> list[dict]:
     return rows
 
 
-def _cell(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    if not values:
-        return "–"
-    mean, std = mean_std([scale * v for v in values])
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def headline_section(runs: Path, figure: Figure) -> tuple[str, str] | None:
     rows = seed_rows(runs)
     if not rows:
@@ -107,27 +94,26 @@ def headline_section(runs: Path, figure: Figure) -> tuple[str, str] | None:
         f"{scale * r[key]:.{digits}f}" if r.get(key) is not None else "–" for r in rows)
     body = [table(
         ["metric (test split unless said)", "mean ± std", f"per seed ({', '.join(r['seed'] for r in rows)})", "seeds"],
-        [["**linear probe on the k = 50 codes, accuracy %** (headline)", f"**{_cell(get('probe'), 100)}**",
+        [["**linear probe on the k = 50 codes, accuracy %** (headline)", f"**{pm_of(get('probe'), 100)}**",
           per_seed("probe", 100, 2), len(get("probe"))],
-         ["  the same, best validation accuracy % (the choice)", _cell(get("probe_val"), 100),
+         ["  the same, best validation accuracy % (the choice)", pm_of(get("probe_val"), 100),
           per_seed("probe_val", 100, 2), len(get("probe_val"))],
          ["linear probe on the αk codes (Makhzani & Frey, α = 3), accuracy % (second row)",
-          _cell(get("alphak"), 100), per_seed("alphak", 100, 2), len(get("alphak"))],
-         ["  the same, best validation accuracy %", _cell(get("alphak_val"), 100), per_seed("alphak_val", 100, 2),
+          pm_of(get("alphak"), 100), per_seed("alphak", 100, 2), len(get("alphak"))],
+         ["  the same, best validation accuracy %", pm_of(get("alphak_val"), 100), per_seed("alphak_val", 100, 2),
           len(get("alphak_val"))],
-         ["MSE per pixel", _cell(get("mse"), 1, 5), per_seed("mse", 1, 5), len(get("mse"))],
-         [f"dead units: never fire (of {n_units})", _cell(get("never"), 1, 1), per_seed("never", 1, 0), len(get("never"))],
-         [f"dead units: fire on < {RARE} test images (of {n_units})", _cell(get("rare"), 1, 1),
+         ["MSE per pixel", pm_of(get("mse"), 1, 5), per_seed("mse", 1, 5), len(get("mse"))],
+         [f"dead units: never fire (of {n_units})", pm_of(get("never"), 1, 1), per_seed("never", 1, 0), len(get("never"))],
+         [f"dead units: fire on < {RARE} test images (of {n_units})", pm_of(get("rare"), 1, 1),
           per_seed("rare", 1, 0), len(get("rare"))]])]
     pixels = _json(runs / "fashion_mnist_probe_pixels" / "main" / "results.json")
     if pixels and pixels.get("test"):
         body.append(f"\nRaw-pixel probe (baseline, one run): {100 * pixels['test']['test/acc']:.2f}% test.")
     probes = get("probe")
     if probes:
-        mean, std = mean_std(probes)
-        verdict = "met" if mean >= GOAL else "not met"
+        verdict = "met" if mean_std(probes)[0] >= GOAL else "not met"
         body.append(f"\nGoal ≥ {100 * GOAL:.1f}% on the k = 50 codes: {verdict} by the mean "
-                    f"({100 * mean:.2f} ± {100 * std:.2f}%; everything chosen on validation).")
+                    f"({pm_of(probes, 100)}%; everything chosen on validation).")
         paired = [(r["alphak"], r["probe"]) for r in rows if r.get("alphak") is not None and r.get("probe") is not None]
         if len(paired) > 1:
             d_mean, d_std = mean_std([a - b for a, b in paired])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from analysis.options import FiringOptions, KSparseInputs, SaeInputs
-from common.errors import UserError
+from analysis.options import FiringOptions, KSparseInputs, PageOptions, SaeInputs
+from common.errors import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,27 @@ def test_ksparse_study_and_explorer_read_the_same_inputs():
     assert study.inputs.data.hparams == explorer.inputs.data.hparams
 
 
+@pytest.mark.parametrize("config", ["fashion_mnist/explorer.yaml", "fashion_mnist/explorer_ksparse.yaml",
+                                    "cifar100/explorer.yaml"])
+def test_both_explorers_read_one_page_group_with_the_defaults(config):
+    page = build(f"configs/{config}").page
+    assert isinstance(page, PageOptions) and page == PageOptions()
+
+
+@pytest.mark.parametrize("config, option, message", [
+    ("explorer.yaml", ["--analysis.init_args.page.n_top_images", "0"], "page.n_top_images=0 must be at least 1"),
+    ("explorer_ksparse.yaml", ["--analysis.init_args.page.n_similar", "-1"], "page.n_similar=-1 must be at least 0"),
+])
+def test_bad_page_option_from_the_command_line_is_one_line_and_exit_2(config, option, message, capsys):
+    import analyze
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: analyze.main(["--config", str(ROOT / "configs/fashion_mnist" / config), *option]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {message}"]
+
+
 def test_a_later_config_overrides_one_option_of_a_group():
     analysis = build("configs/fashion_mnist/analysis_universality.yaml", "configs/gpu_check/cpu_analysis.yaml")
     assert analysis.inputs.device == "cpu"
@@ -63,6 +84,11 @@ def test_unknown_key_in_a_group_is_one_line_and_exit_2(tmp_path):
     (lambda: SaeInputs("u.ckpt", threads=0), "inputs.threads=0"),
     (lambda: FiringOptions(entropy_lo=0.9, entropy_hi=0.5), "entropy_lo < firing.entropy_hi"),
     (lambda: FiringOptions(min_activations=0), "min_activations=0"),
+    (lambda: PageOptions(n_top_images=0), "page.n_top_images=0 must be at least 1"),
+    (lambda: PageOptions(hist_bins=0), "page.hist_bins=0 must be at least 1"),
+    (lambda: PageOptions(chunk_size=0), "page.chunk_size=0 must be at least 1"),
+    (lambda: PageOptions(n_similar=-1), "page.n_similar=-1 must be at least 0"),
+    (lambda: PageOptions(wandb_rows=-1), "page.wandb_rows=-1 must be at least 0"),
 ])
 def test_bad_values_are_one_line_user_errors(build_options, message):
     with pytest.raises(UserError, match=message) as err:

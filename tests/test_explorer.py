@@ -169,7 +169,7 @@ def explorer_args(runs: dict, out: Path, *extra: str) -> list[str]:
             "--analysis.init_args.inputs.independent_checkpoint", str(runs["independent"] / "checkpoints" / "last.ckpt"),
             "--analysis.init_args.inputs.train_config", str(runs["usae"] / "config.yaml"),
             "--analysis.init_args.output_dir", str(out), "--analysis.init_args.firing.min_activations", "2",
-            "--analysis.init_args.n_top_images", "4", "--analysis.init_args.inputs.device", "cpu", *extra]
+            "--analysis.init_args.page.n_top_images", "4", "--analysis.init_args.inputs.device", "cpu", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +313,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     assert not out.exists() and not [p for p in tmp_path.glob(".explorer*")]
 
 
+def test_negative_act_max_budget_is_a_one_line_user_error():
+    from analysis.explorer.study import ExplorerActMax
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match=r"^act_max.budget=-1 must be at least 0$"):
+        ExplorerActMax(budget=-1)
+
+
 # ----- the k-sparse explorer ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ksparse_runs(tmp_path_factory, fashion_data_dir):
@@ -381,14 +389,15 @@ def test_single_unit_ablation_equals_zeroing_the_unit():
 
 def test_ksparse_explorer_site_and_wandb_table(ksparse_runs, tmp_path, monkeypatch):
     from analysis.explorer.ksparse import KSparseExplorer
-    from analysis.options import KSparseInputs
+    from analysis.options import KSparseInputs, PageOptions
     from common.run_options import WandbOptions
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
     out = tmp_path / "explorer"
     KSparseExplorer(KSparseInputs(ksparse_runs["data"], str(ksparse_runs["ksae"]), str(ksparse_runs["probe"])),
-                    str(out), n_top_images=4, wandb=WandbOptions(enabled=True, mode="offline"), wandb_rows=5).run()
+                    str(out), page=PageOptions(n_top_images=4, wandb_rows=5),
+                    wandb=WandbOptions(enabled=True, mode="offline")).run()
     run_dir = list((tmp_path / "wandb").glob("**/offline-run-*"))
     assert len(run_dir) == 1
     tables = list(run_dir[0].glob("**/media/table/**/*.json"))

@@ -218,3 +218,21 @@ def test_settings_defaults_resolve_per_method():
     assert ActMaxSettings(method="fourier").step_size == 0.1
     assert ActMaxSettings(method="accentuation", lr=0.3).step_size == 0.3
     assert np.isfinite(ActMaxSettings(method="maco").step_size)
+
+
+def test_benchmark_results_saved_with_save_load_back_through_the_safe_loader(tmp_path):
+    """bench_feature_vis --save / --load: numpy arrays and TopImages survive the weights-only loader."""
+    from analysis.universality.top_images import TopImages
+    from benchmarks.bench_feature_vis import plain, unplain
+    from common.io import atomic_torch_save
+    from common.safe_load import load_weights
+
+    tops = TopImages(np.arange(6).reshape(2, 3), np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32))
+    result = {"numbers": {"split": "val", "latents": [3, 5], "fires": np.array([[1, 0], [0, 2]])},
+              "images": {"tops": {"a": tops}, "natural": torch.zeros(2, 1, 4, 4), "seeds": None}}
+    atomic_torch_save({"results": {"val": plain(result)}}, tmp_path / "val.pt")
+    back = unplain(load_weights(tmp_path / "val.pt", "--load")["results"]["val"])
+    assert isinstance(back["images"]["tops"]["a"], TopImages)
+    np.testing.assert_array_equal(back["images"]["tops"]["a"].index, tops.index)
+    np.testing.assert_array_equal(back["numbers"]["fires"], result["numbers"]["fires"])
+    assert back["numbers"]["latents"] == [3, 5] and back["images"]["seeds"] is None

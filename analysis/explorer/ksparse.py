@@ -24,7 +24,7 @@ from analysis.explorer.site import folder_size, process_seconds, write_site
 from analysis.explorer.sprites import SpriteBook, diverging, to_uint8_hwc
 from analysis.explorer.wandb_export import log_index_table
 from analysis.ksparse.importance import class_mean_codes, importance
-from analysis.options import KSparseInputs
+from analysis.options import KSparseInputs, PageOptions
 from analysis.universality.selection import check_latents
 from common.errors import UserError
 from common.io import atomic_write_json
@@ -70,36 +70,27 @@ class KSparseExplorer(Analysis):
             class-mean codes define importance and the one shown, counted and ablated
             (``analysis.options.KSparseInputs``, as in ``KSparseStudy``).
         output_dir: the site's folder; ``None`` = ``<ksae_run>/explorer``. Replaced atomically.
-        n_top_images, hist_bins, n_similar, chunk_size: as in ``ConceptExplorer``.
+        page: top images, histogram bins, similar units listed, records per data file, title and W&B
+            rows (``analysis.options.PageOptions``, as in ``ConceptExplorer``).
         selective_purity: units whose firings are at least this share one class are tagged "selective".
         units: build pages for these unit ids only (default: every unit that fires).
-        wandb, wandb_rows: optional W&B copy of the index table.
+        wandb: optional W&B copy of the index table (``page.wandb_rows`` rows).
     """
 
     def __init__(
         self,
         inputs: KSparseInputs,
         output_dir: str | None = None,
-        n_top_images: int = 8,
-        hist_bins: int = 20,
-        n_similar: int = 8,
+        page: PageOptions = PageOptions(),
         selective_purity: float = 0.5,
         units: list[int] | None = None,
-        chunk_size: int = 256,
-        title: str = "Concept explorer",
         wandb: WandbOptions = WandbOptions(),
-        wandb_rows: int = 1000,
     ) -> None:
-        for name, value in (("n_top_images", n_top_images), ("hist_bins", hist_bins), ("chunk_size", chunk_size)):
-            if value < 1:
-                raise UserError(f"{name}={value} must be at least 1")
         if not 0.0 < selective_purity <= 1.0:
             raise UserError(f"selective_purity={selective_purity} must be in (0, 1]")
-        self.inputs = inputs
+        self.inputs, self.page = inputs, page
         self.output_dir = Path(output_dir) if output_dir else inputs.ksae_run / "explorer"
-        self.n_top_images, self.hist_bins, self.n_similar = int(n_top_images), int(hist_bins), int(n_similar)
-        self.selective_purity, self.units, self.chunk_size = float(selective_purity), units, int(chunk_size)
-        self.title, self.wandb, self.wandb_rows = title, wandb, int(wandb_rows)
+        self.selective_purity, self.units, self.wandb = float(selective_purity), units, wandb
 
     @torch.no_grad()
     def run(self) -> Path:
@@ -122,13 +113,13 @@ class KSparseExplorer(Analysis):
         counts = np.asarray(fires.sum(0)).ravel().astype(np.int64)
         alive = np.flatnonzero(counts > 0)
         upper = csr.max(0).toarray().ravel().astype(np.float64)
-        top_rows, top_codes = top_images(csr, self.n_top_images, 0.0)
-        hist = histograms(csr, 0.0, upper, self.hist_bins)
+        top_rows, top_codes = top_images(csr, self.page.n_top_images, 0.0)
+        hist = histograms(csr, 0.0, upper, self.page.hist_bins)
         cls = class_counts(fires, y.numpy(), n_classes)
         mean_code = np.asarray(csr.sum(0)).ravel() / np.maximum(counts, 1)
         ablation = single_unit_ablation(model.classifier, probe_codes, y)
-        sim_d = similar_by_decoder([model.decoder.weight], self.n_similar, alive)
-        sim_c = similar_by_coactivation(fires, self.n_similar, alive)
+        sim_d = similar_by_decoder([model.decoder.weight], self.page.n_similar, alive)
+        sim_c = similar_by_coactivation(fires, self.page.n_similar, alive)
         shown = alive if wanted is None else np.array([u for u in alive if u in set(wanted)], dtype=np.int64)
 
         images = SpriteBook("images", int(raw.shape[-1]))
@@ -195,7 +186,7 @@ class KSparseExplorer(Analysis):
                            "items": [[int(g), float(s)] for g, s in zip(sim_c[0][i], sim_c[1][i]) if s > 0]}],
             }
         report = self.inputs.ksae_run / "report" / "report.html"
-        meta = {"title": f"{self.title}: k-sparse autoencoder units", "short_title": "k-sparse AE",
+        meta = {"title": f"{self.page.title}: k-sparse autoencoder units", "short_title": "k-sparse AE",
                 "subtitle": f"{len(rows)} firing of {model.n_units} units, k = {model.k}, {n} {eval_split} "
                             f"images; {self.inputs.ksae_run}, probe {self.inputs.probe_run}.",
                 "kind": "ksparse", "unit_name": "unit", "models": ["k-sparse AE"], "class_names": names,
@@ -206,7 +197,7 @@ class KSparseExplorer(Analysis):
                 "links": ([{"label": "k-sparse study report", "href": "../report/report.html"}]
                           if self.output_dir.parent == self.inputs.ksae_run and report.is_file() else []),
                 "notes": "Firing: code > 0. Numbers: analysis.explorer.ksparse; all in latents.json."}
-        write_site(self.output_dir, meta, rows, records, [images, atoms], self.chunk_size)
+        write_site(self.output_dir, meta, rows, records, [images, atoms], self.page.chunk_size)
         total = time.perf_counter() - start
         size = folder_size(self.output_dir)
         atomic_write_json(self.output_dir / "build.json", {
@@ -216,5 +207,5 @@ class KSparseExplorer(Analysis):
               flush=True)
         if self.wandb.enabled:
             log_index_table(self.wandb, f"explorer/{self.inputs.ksae_run.name}-ksparse", self.output_dir,
-                            columns, rows, {"images": images, "atoms": atoms}, self.wandb_rows)
+                            columns, rows, {"images": images, "atoms": atoms}, self.page.wandb_rows)
         return self.output_dir

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from analysis.base import Analysis
-from analysis.options import FiringOptions, SaeInputs
+from analysis.options import FiringOptions, PageOptions, SaeInputs
 from analysis.explorer.records import UsaeRecords, to_csr, usae_records
 from analysis.explorer.site import folder_size, process_seconds, write_site
 from analysis.explorer.sprites import SpriteBook, to_uint8_hwc
@@ -50,6 +50,10 @@ class ExplorerActMax:
     latents: list[int] = field(default_factory=list)
     settings: ActMaxSettings = field(default_factory=ActMaxSettings)
 
+    def __post_init__(self) -> None:
+        if self.budget < 0:
+            raise UserError(f"act_max.budget={self.budget} must be at least 0")
+
 
 def _stamp() -> float:
     return time.perf_counter()
@@ -67,13 +71,11 @@ class ConceptExplorer(Analysis):
         report_dir: the universality report folder of these checkpoints (its ``report.json``,
             ``act_max_images.npz`` and ``codes_*.npz`` are reused); ``None`` builds without it.
         firing: as in ``UniversalityStudy`` (``analysis.options.FiringOptions``).
-        n_top_images: top-activating images per latent and backbone.
-        hist_bins: bins of the activation histograms.
-        n_similar: most similar latents listed per page (by decoder and by co-activation).
+        page: top images, histogram bins, similar latents listed, records per data file, title and W&B
+            rows (``analysis.options.PageOptions``, as in ``KSparseExplorer``).
         latents: build pages for these latent ids only (default: every live latent).
         act_max: activation-maximisation images (reused from the report; ``budget`` computes more).
-        chunk_size: latent records per data file the latent page loads.
-        wandb: also log the index table to W&B (``wandb_rows`` rows, thumbnails as images).
+        wandb: also log the index table to W&B (``page.wandb_rows`` rows, thumbnails as images).
     """
 
     def __init__(
@@ -82,26 +84,14 @@ class ConceptExplorer(Analysis):
         output_dir: str,
         report_dir: str | None = None,
         firing: FiringOptions = FiringOptions(),
-        n_top_images: int = 8,
-        hist_bins: int = 20,
-        n_similar: int = 8,
+        page: PageOptions = PageOptions(),
         latents: list[int] | None = None,
         act_max: ExplorerActMax = ExplorerActMax(),
-        chunk_size: int = 256,
-        title: str = "Concept explorer",
         wandb: WandbOptions = WandbOptions(),
-        wandb_rows: int = 1000,
     ) -> None:
-        for name, value in (("n_top_images", n_top_images), ("hist_bins", hist_bins), ("chunk_size", chunk_size)):
-            if value < 1:
-                raise UserError(f"{name}={value} must be at least 1")
-        if n_similar < 0 or act_max.budget < 0 or wandb_rows < 0:
-            raise UserError("n_similar, act_max.budget and wandb_rows must be >= 0")
-        self.inputs, self.firing = inputs, firing
+        self.inputs, self.firing, self.page = inputs, firing, page
         self.output_dir, self.report_dir = Path(output_dir), Path(report_dir) if report_dir else None
-        self.n_top_images, self.hist_bins, self.n_similar = int(n_top_images), int(hist_bins), int(n_similar)
-        self.latents, self.act_max, self.chunk_size = latents, act_max, int(chunk_size)
-        self.title, self.wandb, self.wandb_rows = title, wandb, int(wandb_rows)
+        self.latents, self.act_max, self.wandb = latents, act_max, wandb
         self.timings: dict[str, float] = {}
 
     # ----- inputs ---------------------------------------------------------------------------------
@@ -151,8 +141,8 @@ class ConceptExplorer(Analysis):
         dictionaries = {m: sae.get_dictionary().detach().cpu() for m, sae in saes.items()}
         rec = usae_records(codes, data.labels, len(data.class_names) or int(data.labels.max()) + 1, dictionaries,
                            self.firing.fire_threshold, self.firing.entropy_lo, self.firing.entropy_hi,
-                           self.firing.min_activations, self.n_top_images, self.hist_bins, self.n_similar, ind_codes,
-                           self.inputs.device)
+                           self.firing.min_activations, self.page.n_top_images, self.page.hist_bins,
+                           self.page.n_similar, ind_codes, self.inputs.device)
         self.timings["records"] = _stamp() - t
         del codes, ind_codes
         shown = rec.alive if wanted is None else np.array([f for f in rec.alive if f in set(wanted)], dtype=np.int64)
@@ -161,7 +151,7 @@ class ConceptExplorer(Analysis):
         self.timings["act_max"] = _stamp() - t
         t = _stamp()
         meta, rows, records, books = self._payload(rec, data, names, shown, act, how, n_latents)
-        write_site(self.output_dir, meta, rows, records, books.values(), self.chunk_size)
+        write_site(self.output_dir, meta, rows, records, books.values(), self.page.chunk_size)
         self.timings["site"] = _stamp() - t
         self.timings["total"] = _stamp() - start
         size = folder_size(self.output_dir)
@@ -172,7 +162,7 @@ class ConceptExplorer(Analysis):
               f"{self.timings['total']:.1f} s", flush=True)
         if self.wandb.enabled:
             log_index_table(self.wandb, f"explorer/{self.output_dir.parent.name}", self.output_dir,
-                            meta["columns"], rows, books, self.wandb_rows)
+                            meta["columns"], rows, books, self.page.wandb_rows)
         return self.output_dir
 
     # ----- activation maximisation ------------------------------------------------------------------
@@ -274,7 +264,7 @@ class ConceptExplorer(Analysis):
             rows.append(row)
             records[f] = self._record(f, rec, names, classes, pairs, pos, labels, tops, image_ref, pictures, act)
         tag_values = ["universal", "intermediate", "specific", *[f"specific:{m}" for m in names]]
-        meta = {"title": self.title + f": Universal SAE over {', '.join(names)}", "short_title": "USAE",
+        meta = {"title": self.page.title + f": Universal SAE over {', '.join(names)}", "short_title": "USAE",
                 "subtitle": f"{len(rows)} live of {n_latents} latents, {n} {self.inputs.split} images, checkpoint "
                             f"{self.inputs.usae_checkpoint}; codes {how}.",
                 "kind": "usae", "unit_name": "latent", "models": names, "class_names": classes,

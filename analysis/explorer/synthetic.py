@@ -19,7 +19,7 @@ from scipy import sparse
 from analysis.explorer.records import usae_records
 from analysis.explorer.site import folder_size, write_site
 from analysis.explorer.study import ConceptExplorer
-from analysis.options import SaeInputs
+from analysis.options import PageOptions, SaeInputs
 from common.io import atomic_write_json
 
 
@@ -41,14 +41,16 @@ def build(out: Path, n_latents: int, n_models: int, n_classes: int, n_images: in
     codes = {m: random_codes(n_images, n_latents, k, rng) for m in names}
     labels = torch.from_numpy(rng.integers(0, n_classes, n_images))
     dicts = {m: torch.randn(n_latents, 64 * (j + 1)) for j, m in enumerate(names)}
-    rec = usae_records(codes, labels, n_classes, dicts, 0.0, 0.2, 0.8, 10, 8, 20, 8)
+    explorer = ConceptExplorer(SaeInputs(usae_checkpoint="(synthetic)", device="cpu"), output_dir=str(out),
+                               page=PageOptions(title="Synthetic explorer"))
+    firing, page = explorer.firing, explorer.page
+    rec = usae_records(codes, labels, n_classes, dicts, firing.fire_threshold, firing.entropy_lo, firing.entropy_hi,
+                       firing.min_activations, page.n_top_images, page.hist_bins, page.n_similar)
     data = SimpleNamespace(images=torch.from_numpy(rng.integers(0, 256, (n_images, 3, side, side), dtype=np.uint8)),
                            labels=labels, class_names=tuple(f"class{c}" for c in range(n_classes)))
-    explorer = ConceptExplorer(SaeInputs(usae_checkpoint="(synthetic)", device="cpu"), output_dir=str(out),
-                               title="Synthetic explorer")
     explorer._dims = {m: int(d.shape[1]) for m, d in dicts.items()}
     meta, rows, records, books = explorer._payload(rec, data, names, rec.alive, {}, "random", n_latents)
-    write_site(out, meta, rows, records, books.values())
+    write_site(out, meta, rows, records, books.values(), page.chunk_size)
     atomic_write_json(out / "build.json", {"timings_s": {"total": time.perf_counter() - start},
                                            "bytes": folder_size(out), "latents": len(rows), "n_latents": n_latents,
                                            "threads": torch.get_num_threads(), "synthetic": True})
