@@ -265,7 +265,8 @@ def test_reuses_the_report_codes_when_they_match(runs, tmp_path):
     alive = int(torch.nonzero((codes.codes[codes.names[0]] > 0).any(0))[0])
     np.savez_compressed(report / "act_max_images.npz", latents=np.array([alive]),
                         **{m: np.full((1, 3, 32, 32), 0.5, np.float32) for m in codes.names})
-    (report / "report.json").write_text(json.dumps({"visualised": {"activation_max": {
+    (report / "report.json").write_text(json.dumps({"config": {"act_max": {"method": "accentuation"}},
+                                                    "visualised": {"activation_max": {
         m: [{"latent": alive, "start": 0.1, "final": 2.5}] for m in codes.names}}}))
     out = tmp_path / "explorer"
     analyze.main(explorer_args(runs, out, "--analysis.init_args.report_dir", str(report)))
@@ -274,7 +275,8 @@ def test_reuses_the_report_codes_when_they_match(runs, tmp_path):
     first = json.loads((out / "latents.json").read_text())
     pictures = {k: [p for m in r["models"] for p in m["pictures"] if p.get("ref")] for k, r in first["records"].items()}
     assert [k for k, p in pictures.items() if p] == [str(alive)]
-    assert all("0.10 → 2.50" in p["caption"] for p in pictures[str(alive)]) and len(pictures[str(alive)]) == 2
+    assert all("0.10 → 2.50 (report, accentuation)" in p["caption"] for p in pictures[str(alive)])
+    assert len(pictures[str(alive)]) == 2
     save_sparse_codes(report / "codes_usae.npz", codes, runs["independent"] / "checkpoints" / "last.ckpt", "test")
     analyze.main(explorer_args(runs, out, "--analysis.init_args.report_dir", str(report)))
     assert json.loads((out / "build.json").read_text())["codes"] == "encoded"

@@ -173,6 +173,7 @@ class ConceptExplorer(Analysis):
             import json
 
             report = json.loads((self.report_dir / "report.json").read_text(encoding="utf-8"))
+            method = report.get("config", {}).get("act_max", {}).get("method", "method not recorded")
             finals = {m: {int(e["latent"]): (e["start"], e["final"]) for e in
                           report.get("visualised", {}).get("activation_max", {}).get(m, [])} for m in names}
             with np.load(self.report_dir / "act_max_images.npz") as saved:
@@ -182,7 +183,8 @@ class ConceptExplorer(Analysis):
                         continue
                     for i, f in enumerate(latents):
                         s, e = finals[m].get(f, (None, None))
-                        caption = f"pre-activation {s:.2f} → {e:.2f} (report)" if s is not None else "(report)"
+                        how = f"report, {method}"
+                        caption = f"pre-activation {s:.2f} → {e:.2f} ({how})" if s is not None else f"({how})"
                         out[(m, f)] = (saved[m][i], caption)
         have = {f for (_, f) in out}
         fires = sum(rec.models[m].fires for m in names)
@@ -209,7 +211,7 @@ class ConceptExplorer(Analysis):
             sae.cpu()
             for i, f in enumerate(todo):
                 out[(name, f)] = (res.images[i].numpy(), f"pre-activation {float(res.start[i]):.2f} → "
-                                  f"{float(res.final[i]):.2f} (computed here, {self.act_max.settings.steps} steps)")
+                                  f"{float(res.final[i]):.2f} (computed here, {method}, {self.act_max.settings.steps} steps)")
         return out
 
     # ----- the site's data ----------------------------------------------------------------------------
@@ -285,10 +287,10 @@ class ConceptExplorer(Analysis):
             top = [[image_ref(r), mr.top_codes[f][i], int(labels[r]), r] for i, r in enumerate(tops[m])]
             if (m, f) in act:
                 image, caption = act[(m, f)]
-                picture = {"label": "activation maximisation", "ref": ["act_max", pictures.add(to_uint8_hwc(image))],
+                picture = {"label": "feature visualisation", "ref": ["act_max", pictures.add(to_uint8_hwc(image))],
                            "caption": caption}
             else:
-                picture = {"label": "activation maximisation",
+                picture = {"label": "feature visualisation",
                            "none": "none computed (raise act_max.budget or list it in act_max.latents)"}
             stats = [["fires on", mr.fires[f] / n, "pct", 2], ["images", int(mr.fires[f]), "text"],
                      ["mean code when firing", mr.mean_code[f], "num", 3]]
