@@ -1,8 +1,8 @@
 """Copy a benchmark's saved output into a doc, between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``.
 
-    python benchmarks/bench_topk_sae.py --cpu-time --skip-usae | tee docs/bench/topk_sae_cpu_avx2.md
+    python benchmarks/bench_topk_sae.py --cpu-time | tee docs/bench/topk_sae_cpu_avx2.md
     python scripts/bench_block.py docs/speed.md topk-sae-cpu docs/bench/topk_sae_cpu_avx2.md \
-        --command "python benchmarks/bench_topk_sae.py --cpu-time --skip-usae"
+        --command "python benchmarks/bench_topk_sae.py --cpu-time"
 
 The block gets the command, then the file as the benchmark printed it (its first line is the machine
 line), so a doc's benchmark figures come from a saved run, never typed. Missing markers or a missing

@@ -173,7 +173,7 @@ class ConceptExplorer(Analysis):
             import json
 
             report = json.loads((self.report_dir / "report.json").read_text(encoding="utf-8"))
-            method = report.get("config", {}).get("act_max", {}).get("method", "method not recorded")
+            report_method = report.get("config", {}).get("act_max", {}).get("method", "method not recorded")
             finals = {m: {int(e["latent"]): (e["start"], e["final"]) for e in
                           report.get("visualised", {}).get("activation_max", {}).get(m, [])} for m in names}
             with np.load(self.report_dir / "act_max_images.npz") as saved:
@@ -183,7 +183,7 @@ class ConceptExplorer(Analysis):
                         continue
                     for i, f in enumerate(latents):
                         s, e = finals[m].get(f, (None, None))
-                        how = f"report, {method}"
+                        how = f"report, {report_method}"
                         caption = f"pre-activation {s:.2f} → {e:.2f} ({how})" if s is not None else f"({how})"
                         out[(m, f)] = (saved[m][i], caption)
         have = {f for (_, f) in out}
